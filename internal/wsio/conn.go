@@ -1,0 +1,563 @@
+package wsio
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+var (
+	// ErrQueueFull is returned by Send when the message would exceed the connection's
+	// send queue bounds. The connection stays open: the caller decides what to do,
+	// normally CloseNow with the "slow" close code.
+	ErrQueueFull = errors.New("wsio: send queue full")
+	// ErrClosed is returned when a connection (or the server) is closing or closed.
+	ErrClosed = errors.New("wsio: connection closed")
+)
+
+// errCloseTimeout closes a connection whose peer did not answer our close frame.
+var errCloseTimeout = errors.New("wsio: close handshake timed out")
+
+// Connection states. A connection only moves forward.
+const (
+	stateOpen    uint8 = iota // reading and writing
+	stateClosing              // a close frame is queued or written; no new Sends
+	stateClosed               // the socket is closed
+)
+
+// Handler receives a connection's input. Calls for one connection never overlap and
+// come in order; OnClose comes exactly once, after the last OnMessage.
+type Handler interface {
+	// OnMessage gets one complete data message (text is valid UTF-8). data is valid
+	// only during the call. It runs on a shared worker: it must not block (hand slow
+	// work off).
+	OnMessage(c *Conn, binary bool, data []byte)
+	// OnClose reports the end of the connection; err says why (a
+	// *websocket.CloseError for a peer close or a protocol violation we closed for,
+	// io.ErrUnexpectedEOF when the peer vanished without a close frame, net errors
+	// otherwise).
+	OnClose(c *Conn, err error)
+}
+
+// Conn is one server-side WebSocket connection. Its methods are safe for concurrent
+// use; see the package documentation for who owns which field.
+type Conn struct {
+	s     *Server
+	id    uint32
+	nc    net.Conn        // the hijacked socket
+	rc    syscall.RawConn // epoll mode: fd access, only inside Control
+	ws    *websocket.Conn // frames messages (reads and writes) over nio
+	nio   connIO          // the net.Conn gorilla sees; an interior pointer, no allocation
+	epoll bool
+
+	lastRead atomic.Int64 // unix nanos of the last complete frame received
+
+	// handshake is true only while Server.Upgrade runs gorilla's handshake; gorilla's
+	// writes then go straight to the socket. Written before the Conn is published.
+	handshake bool
+
+	mu         sync.Mutex // guards everything below up to the read state
+	state      uint8
+	h          Handler
+	flushing   bool        // a flush goroutine owns the socket's write side
+	queue      *[]*Message // messages not yet taken by the flusher (pooled)
+	qBytes     int
+	out        *[]byte // bytes gorilla framed, waiting for the flusher (pooled)
+	closeReq   bool    // a close frame must be written after the queue
+	closeTaken bool    // the flusher has taken the close request
+	closeDone  bool    // our close frame has reached the socket
+	closeNow   bool    // close the socket right after our close frame
+	peerClosed bool    // the peer's close frame was received
+	stopRead   bool    // stop reading: a close frame was received or we failed the conn
+	pongWanted bool    // the flusher owes the peer a pong carrying pongData
+	pongData   string  // payload of the most recent ping not yet answered
+	closeCode  int
+	closeText  string
+	closeErr   error       // why the connection ended (first cause wins)
+	timer      *time.Timer // bounds the closing handshake
+	readBusy   bool        // epoll: a worker is inside the read path
+	readDone   bool        // epoll: the read path will not be armed again
+	notified   bool        // OnClose was delivered or handed to a goroutine
+	done       chan struct{}
+
+	// Read state of epoll mode, owned by the worker that holds readBusy (EPOLLONESHOT
+	// lets only one worker in at a time).
+	in           []byte // raw bytes read and not yet consumed by gorilla (pooled)
+	inPool       bool   // in came from the pool
+	r, lim, scan int    // in[r:lim] is exposed to gorilla; in[lim:scan] holds whole frames of an open message
+	inMsg        bool
+	msgOp        byte
+	msgLen       int64
+	partialSince atomic.Int64 // unix nanos since a partial frame/message is pending; 0 when none
+	inPartials   bool         // guarded by Server.pmu
+
+	// Read state of goroutine mode, owned by the reader goroutine.
+	trk            tracker
+	deadlineSet    bool
+	deadlineAt     int64
+	partialExpired bool
+	trackSince     int64
+}
+
+// Subprotocol returns the negotiated subprotocol ("" when none).
+func (c *Conn) Subprotocol() string { return c.ws.Subprotocol() }
+
+// RemoteAddr returns the peer's network address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// LastRead returns the time (unix nanoseconds) the last frame of any kind, pings and
+// pongs included, was received, or the upgrade time before that. The owner of the
+// connection uses it for idle and heartbeat timeouts, since the transport sets no
+// read deadlines.
+func (c *Conn) LastRead() int64 { return c.lastRead.Load() }
+
+// Start begins reading and delivering input to h. It returns ErrClosed when the
+// connection is already closed, and an error when called twice. When Start fails,
+// h.OnClose is not called: the caller cleans up.
+func (c *Conn) Start(h Handler) error {
+	if h == nil {
+		return errors.New("wsio: nil handler")
+	}
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.h != nil {
+		c.mu.Unlock()
+		return errors.New("wsio: connection already started")
+	}
+	c.h = h
+	if !c.epoll {
+		// The conn's own WaitGroup count is held (state is not closed), so Add is safe.
+		c.s.wg.Add(1)
+		c.mu.Unlock()
+		go c.readLoop()
+		return nil
+	}
+	c.mu.Unlock()
+	if err := c.s.poll.add(c); err != nil {
+		c.mu.Lock()
+		c.h = nil // the caller learns of the failure here, not through OnClose
+		c.mu.Unlock()
+		c.shutdown(err)
+		return err
+	}
+	return nil
+}
+
+// Send enqueues m. It never blocks: it returns ErrQueueFull when the queue bounds
+// would be exceeded (the connection stays open) and ErrClosed once Close, CloseNow or
+// a failure has begun closing the connection. Messages are written in Send order.
+func (c *Conn) Send(m *Message) error {
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	if c.queue == nil {
+		c.queue = c.s.pools.getQueue()
+	}
+	if len(*c.queue)+1 > c.s.cfg.MaxQueueMessages || c.qBytes+m.n > c.s.cfg.MaxQueueBytes {
+		c.mu.Unlock()
+		return ErrQueueFull
+	}
+	*c.queue = append(*c.queue, m)
+	c.qBytes += m.n
+	c.kickLocked()
+	c.mu.Unlock()
+	return nil
+}
+
+// Ping queues a ping control frame. Control frames may overtake queued data
+// messages, as RFC 6455 allows.
+func (c *Conn) Ping() error {
+	c.mu.Lock()
+	open := c.state == stateOpen
+	c.mu.Unlock()
+	if !open {
+		return ErrClosed
+	}
+	return c.writeControl(websocket.PingMessage, nil)
+}
+
+// Close writes everything queued, then a close frame with code and reason, then
+// closes the socket once the peer's close frame arrives or Config.CloseWait has
+// passed. Input arriving after Close is discarded. It is idempotent and does not
+// block.
+func (c *Conn) Close(code int, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	c.beginCloseLocked(code, reason, &websocket.CloseError{Code: code, Text: reason})
+	c.kickLocked()
+}
+
+// CloseNow discards the queue, writes a close frame with code and reason (best
+// effort, bounded by Config.CloseWait) and closes the socket. It is idempotent and
+// does not block.
+func (c *Conn) CloseNow(code int, reason string) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	if c.state == stateOpen {
+		c.beginCloseLocked(code, reason, &websocket.CloseError{Code: code, Text: reason})
+	}
+	now := c.hurryLocked()
+	c.mu.Unlock()
+	if now {
+		c.shutdown(nil)
+	}
+}
+
+// fail closes the connection for a violation we detected: the close frame carries
+// code and text, and OnClose gets a *websocket.CloseError with them.
+func (c *Conn) fail(code int, text string) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	if c.state == stateOpen {
+		c.beginCloseLocked(code, text, &websocket.CloseError{Code: code, Text: text})
+		c.s.met.violation(code)
+		c.s.log.Debug("wsio: closing for a violation", "conn", c.id, "remote", c.nc.RemoteAddr(), "code", code, "reason", text)
+	}
+	c.stopRead = true
+	now := c.hurryLocked()
+	c.mu.Unlock()
+	if now {
+		c.shutdown(nil)
+	}
+}
+
+// peerClose handles the peer's close frame: it answers with the same code (unless
+// we already sent ours) and closes the socket once that is written.
+func (c *Conn) peerClose(code int, text string) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.peerClosed = true
+	c.stopRead = true
+	if c.state == stateOpen {
+		c.beginCloseLocked(code, "", &websocket.CloseError{Code: code, Text: text})
+	}
+	now := c.hurryLocked()
+	c.mu.Unlock()
+	if now {
+		c.shutdown(nil)
+	}
+}
+
+// beginCloseLocked moves an open connection to closing with a close frame to write.
+func (c *Conn) beginCloseLocked(code int, reason string, why error) {
+	c.state = stateClosing
+	c.closeReq = true
+	c.closeCode, c.closeText = code, reason
+	if c.closeErr == nil {
+		c.closeErr = why
+	}
+}
+
+// hurryLocked makes a closing connection drop its queue, write its close frame and
+// close the socket soon: right after the close frame, and after CloseWait at the
+// latest. It reports true when the close frame is already out, so the caller should
+// shut down at once (after unlocking).
+func (c *Conn) hurryLocked() bool {
+	c.dropQueueLocked()
+	c.closeNow = true
+	if c.closeDone {
+		return true
+	}
+	c.armTimerLocked()
+	c.kickLocked()
+	return false
+}
+
+func (c *Conn) armTimerLocked() {
+	if c.timer != nil {
+		return
+	}
+	c.s.wg.Add(1)
+	c.timer = time.AfterFunc(c.s.cfg.CloseWait, func() {
+		defer c.s.wg.Done()
+		c.shutdown(errCloseTimeout)
+	})
+}
+
+func (c *Conn) dropQueueLocked() {
+	if c.queue != nil {
+		c.s.pools.putQueue(c.queue)
+		c.queue = nil
+	}
+	c.qBytes = 0
+}
+
+// kickLocked starts a flush goroutine unless one is running. There is no idle writer
+// goroutine: the flusher exits when it finds nothing to write.
+func (c *Conn) kickLocked() {
+	if c.flushing || c.state == stateClosed {
+		return
+	}
+	c.flushing = true
+	c.s.wg.Add(1) // the conn's own count is held while not closed
+	go c.flush()
+}
+
+// flush is the one writer of the socket. Each round takes everything queued, lets
+// gorilla frame it into c.out (through connIO.Write), adds the close frame when one
+// is due, and writes the batch with a single socket write.
+func (c *Conn) flush() {
+	defer c.s.wg.Done()
+	for {
+		c.mu.Lock()
+		if c.state == stateClosed {
+			c.flushing = false
+			c.mu.Unlock()
+			return
+		}
+		batch := c.queue
+		c.queue, c.qBytes = nil, 0
+		sendClose := c.closeReq && !c.closeTaken
+		if sendClose {
+			c.closeTaken = true
+		}
+		code, text := c.closeCode, c.closeText
+		pong, pongData := c.pongWanted, c.pongData
+		c.pongWanted, c.pongData = false, ""
+		if batch == nil && c.out == nil && !sendClose && !pong {
+			c.flushing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+
+		if pong { // control frames may go ahead of queued data
+			_ = c.ws.WriteControl(websocket.PongMessage, []byte(pongData), time.Now().Add(c.s.cfg.WriteTimeout))
+		}
+		if batch != nil {
+			c.s.met.messages.Add(float64(len(*batch)))
+			for _, m := range *batch {
+				// Errors come from a closed conn or a close already sent; the
+				// socket write below (or shutdown) reports what matters.
+				_ = c.ws.WritePreparedMessage(m.pm)
+			}
+			c.s.pools.putQueue(batch)
+		}
+		if sendClose {
+			_ = c.ws.WriteControl(websocket.CloseMessage, closePayload(code, text), time.Now().Add(c.s.cfg.WriteTimeout))
+		}
+
+		c.mu.Lock()
+		out := c.out
+		c.out = nil
+		c.mu.Unlock()
+		if out != nil {
+			_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+			n, err := c.nc.Write(*out)
+			c.s.pools.putOut(out)
+			c.s.met.socketWrites.Inc()
+			c.s.met.writeBytes.Add(float64(n))
+			if err != nil {
+				c.s.met.writeErrors.Inc()
+				c.s.log.Debug("wsio: write failed", "conn", c.id, "remote", c.nc.RemoteAddr(), "err", err)
+				c.shutdown(err)
+				continue
+			}
+		}
+		if sendClose {
+			c.closeWritten()
+		}
+	}
+}
+
+// closeWritten runs once our close frame is on the socket.
+func (c *Conn) closeWritten() {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.closeDone = true
+	now := c.closeNow || c.peerClosed
+	if !now {
+		c.armTimerLocked()
+	}
+	c.mu.Unlock()
+	if now {
+		c.shutdown(nil)
+	}
+}
+
+// writeControl has gorilla frame a control frame into the outgoing batch.
+func (c *Conn) writeControl(typ int, payload []byte) error {
+	err := c.ws.WriteControl(typ, payload, time.Now().Add(c.s.cfg.WriteTimeout))
+	if errors.Is(err, websocket.ErrCloseSent) {
+		return ErrClosed
+	}
+	return err
+}
+
+// writePong has the flusher answer a ping. Pings that arrive before the flusher gets
+// to it share one pong carrying the latest payload, as RFC 6455 allows, so a peer
+// that pings without reading cannot grow the outgoing buffer.
+func (c *Conn) writePong(payload string) {
+	c.mu.Lock()
+	if c.state != stateClosed && !c.closeTaken {
+		c.pongWanted, c.pongData = true, payload
+		c.kickLocked()
+	}
+	c.mu.Unlock()
+}
+
+// shutdown closes the socket and records why (err is used only if no cause was
+// recorded before). It hands OnClose to a goroutine when no reader will deliver it.
+func (c *Conn) shutdown(err error) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.state = stateClosed
+	if c.closeErr == nil {
+		if err == nil {
+			err = net.ErrClosed
+		}
+		c.closeErr = err
+	}
+	c.dropQueueLocked()
+	if c.out != nil {
+		c.s.pools.putOut(c.out)
+		c.out = nil
+	}
+	if c.timer != nil && c.timer.Stop() {
+		c.s.wg.Done()
+	}
+	notify := c.epoll && c.h != nil && !c.readBusy && !c.notified
+	if notify {
+		c.notified = true
+		c.s.wg.Add(1)
+	}
+	done := c.done
+	c.mu.Unlock()
+
+	if c.epoll {
+		c.s.poll.remove(c)
+	}
+	_ = c.nc.Close()
+	if done != nil {
+		close(done)
+	}
+	c.s.forget(c)
+	if notify {
+		go func() {
+			defer c.s.wg.Done()
+			c.h.OnClose(c, c.closeErr)
+		}()
+	}
+	c.s.wg.Done() // the conn's own count, taken in Upgrade
+}
+
+// accepting reports whether input should still reach the handler.
+func (c *Conn) accepting() bool {
+	c.mu.Lock()
+	ok := c.state == stateOpen
+	c.mu.Unlock()
+	return ok
+}
+
+// isClosed reports whether the socket is closed.
+func (c *Conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateClosed
+}
+
+// reason returns the recorded cause of the end. Call only after shutdown.
+func (c *Conn) reason() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeErr
+}
+
+// Buffer pool sizes. Only standard-sized buffers go back to the pools, so a burst of
+// large messages does not pin memory.
+const (
+	outBufSize   = 4 << 10
+	maxPooledOut = 64 << 10
+	queueCap     = 16
+	inBufSize    = 4 << 10
+	maxPooledBuf = 128 << 10
+)
+
+// pools holds a server's reusable buffers; idle connections hold none of them.
+type pools struct {
+	out   sync.Pool // *[]byte: outgoing batches
+	queue sync.Pool // *[]*Message: send queues
+	in    sync.Pool // *[]byte: epoll read buffers
+	data  sync.Pool // *[]byte: assembled incoming messages
+}
+
+func (p *pools) getOut() *[]byte {
+	if b, ok := p.out.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, outBufSize)
+	return &b
+}
+
+func (p *pools) putOut(b *[]byte) {
+	if cap(*b) > maxPooledOut {
+		return
+	}
+	*b = (*b)[:0]
+	p.out.Put(b)
+}
+
+func (p *pools) getQueue() *[]*Message {
+	if q, ok := p.queue.Get().(*[]*Message); ok {
+		return q
+	}
+	q := make([]*Message, 0, queueCap)
+	return &q
+}
+
+func (p *pools) putQueue(q *[]*Message) {
+	if cap(*q) > 16*queueCap {
+		return
+	}
+	clear((*q)[:cap(*q)])
+	*q = (*q)[:0]
+	p.queue.Put(q)
+}
+
+func (p *pools) getData(n int) *[]byte {
+	b, ok := p.data.Get().(*[]byte)
+	if !ok {
+		nb := make([]byte, 0, max(n, inBufSize))
+		b = &nb
+	}
+	if cap(*b) < n {
+		*b = make([]byte, 0, n)
+	}
+	*b = (*b)[:0]
+	return b
+}
+
+func (p *pools) putData(b *[]byte) {
+	if cap(*b) > maxPooledBuf {
+		return
+	}
+	p.data.Put(b)
+}

@@ -1,0 +1,18 @@
+//go:build !linux
+
+package wsio
+
+import "errors"
+
+const epollSupported = false
+
+// poller is not available off Linux; NewServer never builds one there.
+type poller struct{}
+
+func newPoller(*Server) (*poller, error) {
+	return nil, errors.New("wsio: epoll mode is only available on linux")
+}
+
+func (*poller) close()          {}
+func (*poller) add(*Conn) error { return errors.New("wsio: epoll mode is only available on linux") }
+func (*poller) remove(*Conn)    {}

@@ -1,0 +1,53 @@
+package wsio
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the transport's Prometheus collectors: what the node cannot see from
+// above, chiefly how well writes coalesce and which violations close connections.
+type metrics struct {
+	socketWrites prometheus.Counter
+	writeBytes   prometheus.Counter
+	messages     prometheus.Counter
+	writeErrors  prometheus.Counter
+	violations   *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		socketWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roomcast_wsio_socket_writes_total",
+			Help: "Socket writes of coalesced batches; data messages per write shows how well fan-out coalesces.",
+		}),
+		writeBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roomcast_wsio_socket_write_bytes_total",
+			Help: "Bytes handed to socket writes (frames of data and control messages).",
+		}),
+		messages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roomcast_wsio_messages_written_total",
+			Help: "Data messages framed into batches.",
+		}),
+		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roomcast_wsio_write_errors_total",
+			Help: "Socket writes that failed or timed out, closing their connection.",
+		}),
+		violations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roomcast_wsio_violations_total",
+			Help: "Connections the transport closed for a peer's violation, by close code.",
+		}, []string{"code"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.socketWrites, m.writeBytes, m.messages, m.writeErrors, m.violations} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) violation(code int) { m.violations.WithLabelValues(strconv.Itoa(code)).Inc() }
