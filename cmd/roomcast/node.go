@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"reflect"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/roomcast/roomcast/internal/app"
+)
+
+// flagHelp documents every node setting. Each becomes a flag (--client-addr), an
+// environment variable (ROOMCAST_CLIENT_ADDR) and a config-file key (client_addr).
+var flagHelp = map[string]string{
+	"name":                   "node name, unique per incarnation (default <hostname>-<random>)",
+	"dev":                    "development mode: generate and print a JWT secret and control token, allow every origin, serve /dev/token",
+	"client_addr":            "WebSocket listen address",
+	"ws_path":                "WebSocket endpoint path",
+	"control_addr":           "control API (gRPC) listen address",
+	"admin_addr":             "admin HTTP listen address (/metrics, /healthz, /readyz, /debug/pprof)",
+	"read_header_timeout":    "time allowed to read an HTTP request's headers (slow-upgrade guard)",
+	"allowed_origins":        "origins allowed to open WebSockets (exact match; no Origin header is always allowed; \"*\" allows all)",
+	"jwt_secret":             "HS256 secret for client tokens (at least 32 bytes)",
+	"jwt_audience":           "required token audience (aud), when set",
+	"jwt_issuer":             "required token issuer (iss), when set",
+	"jwt_leeway":             "clock skew allowed on exp/nbf/iat",
+	"control_token":          "bearer token(s) accepted by the control API",
+	"control_insecure":       "allow the control API without credentials (logs a warning; never in production)",
+	"control_tls_cert":       "control API TLS certificate (PEM)",
+	"control_tls_key":        "control API TLS key (PEM)",
+	"control_client_ca":      "CA bundle (PEM) for control API client certificates (mTLS)",
+	"control_reflection":     "serve gRPC server reflection (grpcurl works without proto files)",
+	"control_max_recv_bytes": "largest control API request accepted",
+	"transport":              "connection reader: auto (epoll on Linux), epoll, goroutine",
+	"workers":                "epoll read workers (0: 2 x GOMAXPROCS)",
+	"auth_timeout":           "time a new connection has to send connect",
+	"ping_interval":          "app-level and WebSocket ping interval",
+	"pong_timeout":           "silence allowed after a ping interval before a connection is closed (4002)",
+	"max_frame_bytes":        "largest WebSocket message accepted (checked on the frame header; 1009)",
+	"max_queue_bytes":        "per-connection send queue bound in bytes (overflow closes with 4001 slow)",
+	"max_queue_messages":     "per-connection send queue bound in messages (overflow closes with 4001 slow)",
+	"max_rooms_per_conn":     "rooms one connection may join",
+	"max_conns_per_user":     "connections one user may hold (0: unlimited; over it closes with 4503)",
+	"command_rate":           "sustained client commands per second per connection",
+	"command_burst":          "client command burst per connection",
+	"connect_rate":           "new WebSocket connections per second per node (over it: HTTP 503)",
+	"drain_timeout":          "time allowed on SIGTERM to move clients away and stop",
+	"shards":                 "room shards",
+	"log_level":              "debug, info, warn or error",
+	"log_format":             "text or json",
+}
+
+func nodeCommand() *cobra.Command {
+	var scratch = app.Defaults()
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run a roomcast node",
+		Long: `Run a roomcast node: WebSocket clients on --client-addr, the control API on
+--control-addr, metrics and health on --admin-addr.
+
+Settings come from, in increasing priority: built-in defaults, the YAML config file
+(--config or ROOMCAST_CONFIG; keys are the flag names with '_' for '-', plus
+'namespaces' and 'jwt_keys'), environment variables ROOMCAST_<FLAG_NAME> (e.g.
+ROOMCAST_CLIENT_ADDR; lists are comma-separated), and flags.`,
+		Example: `  # try it: generated credentials are printed
+  roomcast node --dev
+
+  # production-style
+  ROOMCAST_JWT_SECRET=... ROOMCAST_CONTROL_TOKEN=... roomcast node --config /etc/roomcast.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := resolveConfig(cmd.Flags(), configPath)
+			if err != nil {
+				return usageError{err}
+			}
+			log := newLogger(cfg.LogLevel, cfg.LogFormat)
+			a, err := app.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", os.Getenv("ROOMCAST_CONFIG"), "YAML config file (env ROOMCAST_CONFIG)")
+	bindFlags(cmd.Flags(), &scratch)
+	return cmd
+}
+
+// bindFlags registers one flag per yaml-tagged Config field (except the file-only ones)
+// with its default and help.
+func bindFlags(fs *pflag.FlagSet, cfg *app.Config) {
+	v := reflect.ValueOf(cfg).Elem()
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		key := t.Field(i).Tag.Get("yaml")
+		help, ok := flagHelp[key]
+		if !ok {
+			continue // file-only (namespaces, jwt_keys)
+		}
+		name := strings.ReplaceAll(key, "_", "-")
+		help += " (env ROOMCAST_" + strings.ToUpper(key) + ")"
+		switch p := v.Field(i).Addr().Interface().(type) {
+		case *string:
+			fs.StringVar(p, name, *p, help)
+		case *bool:
+			fs.BoolVar(p, name, *p, help)
+		case *int:
+			fs.IntVar(p, name, *p, help)
+		case *float64:
+			fs.Float64Var(p, name, *p, help)
+		case *[]string:
+			fs.StringSliceVar(p, name, *p, help)
+		case *time.Duration:
+			fs.DurationVar(p, name, *p, help)
+		default:
+			panic("roomcast: no flag type for config field " + key)
+		}
+	}
+}
+
+// resolveConfig layers defaults, the config file, the environment and changed flags.
+func resolveConfig(flags *pflag.FlagSet, configPath string) (app.Config, error) {
+	final := app.Defaults()
+	if configPath != "" {
+		if err := final.LoadFile(configPath); err != nil {
+			return final, err
+		}
+	}
+	target := pflag.NewFlagSet("resolved", pflag.ContinueOnError)
+	bindFlags(target, &final)
+	var err error
+	target.VisitAll(func(f *pflag.Flag) {
+		if err != nil {
+			return
+		}
+		src := flags.Lookup(f.Name)
+		if src != nil && src.Changed {
+			err = copyFlag(f, src.Value)
+			return
+		}
+		env := "ROOMCAST_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if val, ok := os.LookupEnv(env); ok {
+			if sv, isSlice := f.Value.(pflag.SliceValue); isSlice {
+				err = sv.Replace(splitList(val))
+			} else {
+				err = f.Value.Set(val)
+			}
+			if err != nil {
+				err = fmt.Errorf("%s: %w", env, err)
+			}
+		}
+	})
+	return final, err
+}
+
+func copyFlag(dst *pflag.Flag, src pflag.Value) error {
+	if sv, ok := src.(pflag.SliceValue); ok {
+		return dst.Value.(pflag.SliceValue).Replace(sv.GetSlice())
+	}
+	return dst.Value.Set(src.String())
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func newLogger(level, format string) *slog.Logger {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// usageError makes the process exit with 2 (bad flags or config).
+type usageError struct{ error }
+
+func (e usageError) ExitCode() int { return 2 }
+func (e usageError) Unwrap() error { return e.error }
