@@ -710,3 +710,40 @@ func testnodeNS(name string, history int) fabric.Namespace {
 }
 
 func protojsonMarshal(m proto.Message) ([]byte, error) { return protojson.Marshal(m) }
+
+func TestDevModeServesDemoAndTokens(t *testing.T) {
+	n := testnode.Start(t, testnode.Options{Configure: func(c *app.Config) { c.Dev = true }})
+	resp, err := http.Get(n.HTTPURL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("demo: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	resp, err = http.Get(n.HTTPURL + "/dev/token?user=carol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Token string }
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Token == "" {
+		t.Fatalf("dev token: %v %+v", err, body)
+	}
+	c := mustDial(t, n, dialOpts{origin: "http://anywhere.example"})
+	if res := c.connect(body.Token); res.GetUser() != "carol" {
+		t.Fatalf("user %q", res.GetUser())
+	}
+}
+
+func TestProductionModeHasNoDevEndpoints(t *testing.T) {
+	n := testnode.Start(t, testnode.Options{})
+	resp, err := http.Get(n.HTTPURL + "/dev/token?user=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/dev/token outside dev mode: %d", resp.StatusCode)
+	}
+}

@@ -289,7 +289,7 @@ func (a *App) shutdown() {
 
 func (a *App) clientMux() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle(a.cfg.WSPath, a.node)
+	mux.Handle("GET "+a.cfg.WSPath, a.node)
 	if a.cfg.Dev {
 		// Development mode: the demo app at "/" and tokens for it.
 		mux.HandleFunc("GET /dev/token", a.devToken)
