@@ -309,14 +309,7 @@ func (c *conn) cmdPublish(ctx context.Context, p *pb.PublishCommand) (*pb.Server
 }
 
 func (c *conn) cmdPresence(ctx context.Context, roomName string) (*pb.ServerMessage, error) {
-	ns, err := c.roomOptions(roomName)
-	if err != nil {
-		return nil, err
-	}
-	if !ns.Presence {
-		return nil, fabric.Errorf(fabric.CodeNotAvailable, "namespace %q keeps no presence", ns.Name)
-	}
-	if err := c.canRead(roomName); err != nil {
+	if err := c.canReadPresence(roomName); err != nil {
 		return nil, err
 	}
 	members, err := c.n.fab.Presence(ctx, roomName)
@@ -335,14 +328,7 @@ func (c *conn) cmdPresence(ctx context.Context, roomName string) (*pb.ServerMess
 }
 
 func (c *conn) cmdPresenceStats(ctx context.Context, roomName string) (*pb.ServerMessage, error) {
-	ns, err := c.roomOptions(roomName)
-	if err != nil {
-		return nil, err
-	}
-	if !ns.Presence {
-		return nil, fabric.Errorf(fabric.CodeNotAvailable, "namespace %q keeps no presence", ns.Name)
-	}
-	if err := c.canRead(roomName); err != nil {
+	if err := c.canReadPresence(roomName); err != nil {
 		return nil, err
 	}
 	st, err := c.n.fab.PresenceStats(ctx, roomName)
@@ -407,4 +393,17 @@ func (c *conn) cmdRefresh(r *pb.RefreshCommand) (*pb.ServerMessage, error) {
 		res.Expires = timestamppb.New(claims.ExpiresAt)
 	}
 	return &pb.ServerMessage{Body: &pb.ServerMessage_Refresh{Refresh: res}}, nil
+}
+
+// canReadPresence checks that room's namespace keeps presence and that the
+// connection may read it.
+func (c *conn) canReadPresence(roomName string) error {
+	ns, err := c.roomOptions(roomName)
+	if err != nil {
+		return err
+	}
+	if !ns.Presence {
+		return fabric.Errorf(fabric.CodeNotAvailable, "namespace %q keeps no presence", ns.Name)
+	}
+	return c.canRead(roomName)
 }
