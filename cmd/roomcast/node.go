@@ -89,6 +89,7 @@ ROOMCAST_CLIENT_ADDR; lists are comma-separated), and flags.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
+			go reloadOnHUP(ctx, a, cmd.Flags(), configPath, log)
 			return a.Run(ctx)
 		},
 	}
@@ -198,3 +199,26 @@ type usageError struct{ error }
 
 func (e usageError) ExitCode() int { return 2 }
 func (e usageError) Unwrap() error { return e.error }
+
+// reloadOnHUP re-reads the settings (file, environment, flags) on each SIGHUP and
+// applies their live part (namespaces, token keys) until ctx ends. A bad file is
+// logged and changes nothing.
+func reloadOnHUP(ctx context.Context, a *app.App, flags *pflag.FlagSet, configPath string, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			cfg, err := resolveConfig(flags, configPath)
+			if err == nil {
+				err = a.Reload(cfg)
+			}
+			if err != nil {
+				log.Error("configuration reload refused; the running configuration is unchanged", "err", err)
+			}
+		}
+	}
+}

@@ -459,3 +459,36 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// Reload applies the live part of cfg — namespaces and token verification keys
+// (jwt_secret, jwt_keys, audience, issuer, leeway) — without a restart. Both are
+// validated first and applied only if both are valid, so a bad file is refused whole
+// and never half-applied. Other settings need a restart; they are ignored here.
+func (a *App) Reload(cfg Config) error {
+	nsList, err := cfg.NamespaceList()
+	if err != nil {
+		return err
+	}
+	if _, err := fabric.NewNamespaces(nsList); err != nil {
+		return fmt.Errorf("namespaces: %w", err)
+	}
+	if cfg.Dev && cfg.JWTSecret == "" && len(cfg.JWTKeys) == 0 {
+		cfg.JWTSecret = a.cfg.JWTSecret // keep the generated development secret
+	}
+	jc, err := cfg.JWTConfig()
+	if err != nil {
+		return err
+	}
+	if _, err := jwtauth.New(jc); err != nil {
+		return fmt.Errorf("jwt: %w", err)
+	}
+	// Both are valid: swap them. Neither Replace can fail on input New accepted.
+	if err := a.namespaces.Replace(nsList); err != nil {
+		return fmt.Errorf("namespaces: %w", err)
+	}
+	if err := a.verifier.Replace(jc); err != nil {
+		return fmt.Errorf("jwt: %w", err)
+	}
+	a.log.Info("configuration reloaded", "namespaces", len(nsList), "jwt_keys", len(jc.Keys))
+	return nil
+}
