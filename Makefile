@@ -47,5 +47,9 @@ lint: tools
 	buf lint
 	buf format --diff --exit-code
 
+## bench: short benchmark (roomcast, and Socket.IO + Redis when node/redis-server exist), < 5 min
+bench:
+	bash bench/short.sh
+
 clean:
 	rm -rf bin

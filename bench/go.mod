@@ -1,0 +1,1 @@
+module roomcast-bench-ignore
