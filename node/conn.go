@@ -158,7 +158,12 @@ func (c *conn) OnMessage(_ *wsio.Conn, binary bool, data []byte) {
 		c.refuseRate(cmd)
 		return
 	}
-	c.refused = 0
+	// A flood keeps the bucket empty, and a token that trickles in must not forgive
+	// it (else a client sending far over its rate is never closed when the node reads
+	// slower than the flood arrives): only a client back under its rate is forgiven.
+	if c.lim.Tokens() >= 1 {
+		c.refused = 0
+	}
 }
 
 // refuseRate answers a command over the rate or queue limit, and closes a client that

@@ -93,6 +93,7 @@ type Conn struct {
 	inMsg        bool
 	msgOp        byte
 	msgLen       int64
+	msgUTF8      utf8Stream   // fragmented text: validated frame by frame, to fail fast
 	partialSince atomic.Int64 // unix nanos since a partial frame/message is pending; 0 when none
 	inPartials   bool         // guarded by Server.pmu
 

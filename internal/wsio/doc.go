@@ -18,9 +18,11 @@
 // never sees EAGAIN or a short stream, because its read errors are permanent. Size
 // limits are checked on each header (1009 before any payload is read), reserved bits
 // and opcodes, unmasked frames and bad fragmentation close with 1002, text that is not
-// UTF-8 with 1007. Control frames between messages are answered here (ping: pong;
-// pong: activity; close: echo and shut down); pings and pongs inside a fragmented
-// message reach gorilla with the message, and its handlers do the same. A sweeper
+// UTF-8 with 1007 (checked per fragment as each completes, so an invalid fragmented
+// message fails without waiting for its end). Control frames between messages are
+// answered here (ping: pong; pong: activity; close: echo and shut down); pings and
+// pongs inside a fragmented message reach gorilla with the message, and its handlers
+// do the same. A sweeper
 // closes with 1008 a connection whose partial input is older than PartialTimeout.
 // There are no read deadlines: idle and heartbeat timeouts belong to the owner of the
 // connection, through LastRead.
@@ -32,10 +34,10 @@
 //
 // In ModeGoroutine (the portable fallback, also used per connection when the socket
 // exposes no descriptor, e.g. in-process TLS) one reader goroutine per connection
-// runs gorilla's NextReader; a byte-stream tracker under gorilla watches frame
-// boundaries for LastRead and sets a read deadline only while a frame or fragmented
-// message is pending (PartialTimeout). The Handler sees the same semantics in both
-// modes.
+// runs gorilla's NextReader (text is checked for UTF-8 read by read, failing fast);
+// a byte-stream tracker under gorilla watches frame boundaries for LastRead and sets
+// a read deadline only while a frame or fragmented message is pending
+// (PartialTimeout). The Handler sees the same semantics in both modes.
 //
 // # Writing
 //

@@ -397,6 +397,13 @@ func (c *Conn) process() bool {
 		default:
 			if !c.inMsg {
 				c.msgOp, c.msgLen = h.op, 0
+				c.msgUTF8.reset()
+			}
+			if c.msgOp == opText && (c.inMsg || !h.fin) && !c.textFrameValid(b[hl:total], h.mask) {
+				// A fragment of a text message: invalid UTF-8 fails now, without
+				// waiting for the rest (a whole message is checked in deliver).
+				c.fail(websocket.CloseInvalidFramePayloadData, "text message is not valid utf-8")
+				return false
 			}
 			c.msgLen += h.length
 			c.inMsg = !h.fin
@@ -407,6 +414,22 @@ func (c *Conn) process() bool {
 					return false
 				}
 			}
+		}
+	}
+	return true
+}
+
+// textFrameValid feeds a text fragment's masked payload to the message's UTF-8
+// check, unmasking a copy piece by piece (gorilla unmasks the original later).
+func (c *Conn) textFrameValid(p []byte, mask [4]byte) bool {
+	var buf [256]byte
+	for off := 0; off < len(p); off += len(buf) {
+		n := copy(buf[:], p[off:])
+		for i := range n {
+			buf[i] ^= mask[(off+i)&3]
+		}
+		if !c.msgUTF8.feed(buf[:n]) {
+			return false
 		}
 	}
 	return true

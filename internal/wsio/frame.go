@@ -237,3 +237,51 @@ func (t *tracker) endFrame() int {
 	}
 	return 0
 }
+
+// utf8Stream validates a text message whose bytes arrive in pieces (fragments, or
+// reads), so invalid UTF-8 fails the connection as soon as it is seen instead of
+// when the message completes (RFC 6455, 8.1; Autobahn 6.4). It holds at most the
+// first bytes of one code point cut by a piece boundary; those bytes are always a
+// valid prefix, since utf8.FullRune calls an invalid prefix a full (error) rune.
+type utf8Stream struct {
+	carry [utf8.UTFMax]byte
+	n     uint8
+}
+
+func (u *utf8Stream) reset() { u.n = 0 }
+
+// feed reports whether the text seen so far, p included, can still be valid UTF-8.
+// The whole message must still be checked at its end (an incomplete code point may
+// be left over).
+func (u *utf8Stream) feed(p []byte) bool {
+	for u.n > 0 && len(p) > 0 {
+		u.carry[u.n] = p[0]
+		u.n++
+		p = p[1:]
+		if utf8.FullRune(u.carry[:u.n]) {
+			// The carried bytes were an incomplete valid prefix: one more byte makes
+			// either the whole code point or an invalid sequence.
+			if r, size := utf8.DecodeRune(u.carry[:u.n]); r == utf8.RuneError && size == 1 {
+				return false
+			}
+			u.n = 0
+		}
+	}
+	if len(p) == 0 {
+		return true // the carried code point is still incomplete
+	}
+	cut := len(p)
+	for i := len(p) - 1; i >= 0 && i >= len(p)-(utf8.UTFMax-1); i-- {
+		if utf8.RuneStart(p[i]) {
+			if !utf8.FullRune(p[i:]) {
+				cut = i
+			}
+			break
+		}
+	}
+	if !utf8.Valid(p[:cut]) {
+		return false
+	}
+	u.n = uint8(copy(u.carry[:], p[cut:]))
+	return true
+}

@@ -15,6 +15,7 @@ import (
 func (c *Conn) readLoop() {
 	defer c.s.wg.Done()
 	var err error
+	var u utf8Stream
 	for {
 		var typ int
 		var r io.Reader
@@ -23,7 +24,19 @@ func (c *Conn) readLoop() {
 			break
 		}
 		buf := c.s.pools.getData(0)
-		*buf, err = readAllInto(*buf, r)
+		var text *utf8Stream
+		if typ == websocket.TextMessage {
+			u.reset()
+			text = &u
+		}
+		*buf, err = readAllInto(*buf, r, text)
+		if errors.Is(err, errInvalidUTF8) {
+			// Failed fast, before the rest of the message; gorilla discards what is
+			// left of it on the next NextReader.
+			c.s.pools.putData(buf)
+			c.fail(websocket.CloseInvalidFramePayloadData, "text message is not valid utf-8")
+			continue
+		}
 		if err != nil {
 			c.s.pools.putData(buf)
 			break
@@ -48,13 +61,20 @@ func (c *Conn) readLoop() {
 	c.h.OnClose(c, c.reason())
 }
 
-// readAllInto appends everything r yields to b.
-func readAllInto(b []byte, r io.Reader) ([]byte, error) {
+// errInvalidUTF8 stops readAllInto at the first invalid UTF-8 in a text message.
+var errInvalidUTF8 = errors.New("text message is not valid utf-8")
+
+// readAllInto appends everything r yields to b. With text set, each read is checked
+// as it arrives, so invalid UTF-8 fails fast with errInvalidUTF8.
+func readAllInto(b []byte, r io.Reader, text *utf8Stream) ([]byte, error) {
 	for {
 		if len(b) == cap(b) {
 			b = append(b, 0)[:len(b)]
 		}
 		n, err := r.Read(b[len(b):cap(b)])
+		if text != nil && n > 0 && !text.feed(b[len(b):len(b)+n]) {
+			return b, errInvalidUTF8
+		}
 		b = b[:len(b)+n]
 		if err == io.EOF {
 			return b, nil
