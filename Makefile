@@ -7,7 +7,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 
-.PHONY: all build test test-short generate check-generate lint tools bench clean
+.PHONY: all build test test-short generate check-generate lint tools bench fuzz-smoke clean
 
 all: build
 
@@ -46,6 +46,14 @@ lint: tools
 	go vet ./...
 	buf lint
 	buf format --diff --exit-code
+
+## fuzz-smoke: run each fuzz target briefly (seed corpora live in testdata/fuzz)
+FUZZTIME ?= 10s
+fuzz-smoke:
+	go test -run XXX -fuzz '^FuzzFrames$$' -fuzztime $(FUZZTIME) ./internal/wsio
+	go test -run XXX -fuzz '^FuzzUTF8Stream$$' -fuzztime $(FUZZTIME) ./internal/wsio
+	go test -run XXX -fuzz '^FuzzClientCommand$$' -fuzztime $(FUZZTIME) ./node
+	go test -run XXX -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./internal/jwtauth
 
 ## bench: short benchmark (roomcast, and Socket.IO + Redis when node/redis-server exist), < 5 min
 bench:
