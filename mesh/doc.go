@@ -3,10 +3,72 @@
 // holds, for send-to-user and kick-by-user) and the events hub that feeds StreamEvents
 // subscribers.
 //
-// Today the mesh is a mesh of one: this node owns every shard. It still runs the code
-// paths a cluster will: room names hash into a fixed number of shards, every shard has
-// an owner (always this node), owner state lives per shard, and the local edge is
-// reached only through the Edge interface.
+// Without Config.Cluster the mesh is a mesh of one: this node owns every shard. Room
+// names (and user names) hash into a fixed number of shards, owner state lives per
+// shard, and the local edge is reached only through the Edge interface.
+//
+// # Cluster mode (Config.Cluster)
+//
+// New starts, in this order, the etcd registration (package registry), gossip
+// membership (package membership; seeds plus the registered nodes), the peer links
+// (package peer, served by a gRPC server on its own listener) and the shard map
+// (package shardmap); Close stops them in reverse, gracefully (Goodbye, gossip leave,
+// lease revoked).
+//
+// Routing: a room's shard is served by the owner named in the shard map. When that is
+// this node (and its session is alive and the shard's state is rebuilt) the owner
+// code above runs here; otherwise the operation is a request over the peer link. An
+// owner that does not serve the shard at the sender's epoch answers NotOwner; the
+// sender waits for a newer map or a finished rebuild (doubling waits from 10 ms) and
+// retries until ClusterConfig.RouteTimeout, then fails with fabric.ErrUnavailable. A
+// publish without idempotency key is not retried after a link failure (it may have
+// been applied). The user index lives at the owner of the user's shard; operations on
+// a connection go to the node named in its id.
+//
+// Delivery: an owner counts each room's connections per node (room.nodes, from the
+// node in each connection id). Under room.mu, as for the local edge, it queues a
+// Deliver or MembershipPush envelope to every other node with members; links keep
+// envelopes in order, and receivers call Edge.Deliver / DeliverMembership straight from
+// the link's reader goroutine (they never block). Requests are served on their own
+// goroutines because owner work may itself need the network.
+//
+// Epochs: in cluster mode a room's epoch is its shard's epoch in the shard map (the
+// etcd revision that gave the shard its owner, in decimal). Owner state is tagged with
+// it; state of an older ownership is dropped when the shard comes back, so positions
+// change epoch whenever a shard moves and recovery across a move says
+// Recovered=false. Deliveries and pushes carrying an epoch older than the receiver's
+// map knows for the shard are dropped.
+//
+// Fencing: a node serves a shard only while shardmap.Serving says so (its registry
+// session alive and registration present) and after rebuilding it; losing the session
+// makes every request for its shards NotOwner at once.
+//
+// Failover: on gossip's verdict that a node failed (after a second opinion: a node
+// that still answers a request on its peer link is not declared dead, because
+// revoking a live node's lease would fence it for good) or left, every node revokes
+// its lease (shardmap.NodeDead; the leader then moves its shards), forgets its link
+// and drops its connections from the rooms and users it owns, with leave events and
+// member_left pushes. A node given new shards asks every live node for its local
+// members and connections in them (RebuildRequest), installs them without events and
+// only then serves the shards. A node reports its room members from its edge when the
+// edge implements MemberLister (node.Node does: the node is the source of truth for
+// its connections), else from the mesh's ledger of the joins and leaves the edge made
+// through it; its connections come from the conns half of the user index, which in
+// cluster mode only holds this node's connections. A fenced node (lost session) stays
+// fenced: it must be restarted as a new incarnation.
+//
+// Events: each event is emitted on the node where it happens and broadcast to every
+// other live node, whose subscribers filter it. Broadcasting only appends to a bounded
+// outbox (never blocking a room); one goroutine sends it in order, batched, to every
+// node. Consumer groups are per node in phase
+// 1: a group with members on several nodes gets each event once per node.
+//
+// Phase-1 limits: history and idempotency keys live only at the owner and are lost
+// when a shard moves (recovery then says Recovered=false); a node that lost its link
+// to an owner misses the envelopes queued meanwhile; a join accepted by an old owner
+// that has not yet seen a new map can be missing at the new owner until the member
+// rejoins; a node registered in etcd but refused by gossip (wrong key) is still given
+// shards by the leader.
 //
 // # Concurrency contract
 //
@@ -25,7 +87,11 @@
 //
 // Lock order: room.mu -> shard.mu (only to remove a dead room), and room.mu -> hub.mu ->
 // sub.mu (events emitted while a room is locked, so a room's join and leave events
-// keep their order). userShard.mu is never held together with any other lock. No mesh
+// keep their order). In cluster mode room.mu is also held while queueing envelopes on
+// peer links (Links.Send only enqueues; a link still being dialed is waited for at
+// most 200 ms), while reading cluster.mu (node names to IDs) and while appending to
+// the event outbox (cluster.evMu); ledger.mu, cluster.mu and cluster.evMu are leaves.
+// userShard.mu is never held together with any other lock. No mesh
 // lock is held while calling Edge.SendToConn, Edge.JoinConn, Edge.LeaveConn,
 // Edge.KickConn or Edge.Stats.
 //
@@ -46,5 +112,8 @@
 // The user index holds an entry per user with at least one connection. Each event
 // subscription holds at most its buffer of events.
 //
-// One background goroutine (the sweeper) is started by New and stopped by Close.
+// One background goroutine (the sweeper) is started by New and stopped by Close. In
+// cluster mode New also starts the membership loop, the shard-map loop, the peer gRPC
+// server and the goroutines of the building blocks; requests from peers are served
+// on goroutines tracked by the cluster; Close stops and waits for all of them.
 package mesh

@@ -36,3 +36,14 @@ type Edge interface {
 	// Stats reports the node's connection and room counts for ListNodes.
 	Stats() (conns, rooms int)
 }
+
+// MemberLister is implemented by edges that can list their local members of rooms
+// (node.Node does). In cluster mode a new owner of a shard asks every node for its
+// local members of the shard's rooms; a node whose edge implements MemberLister
+// answers from the edge, the source of truth for its own connections, otherwise from
+// the mesh's record of the joins and leaves the edge made through it.
+type MemberLister interface {
+	// LocalMembers returns room -> one ClientInfo per local connection, for the rooms
+	// for which keep reports true. It must not call back into the mesh.
+	LocalMembers(keep func(room string) bool) map[string][]fabric.ClientInfo
+}

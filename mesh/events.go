@@ -36,7 +36,22 @@ func newHub(m *Mesh) *hub {
 // Emit publishes an event to every matching subscription. It never blocks: a full
 // subscription counts the event as missed and later reports one fabric.EventGap. It
 // fills ev.Node and ev.Time when they are zero.
-func (m *Mesh) Emit(ev fabric.Event) { m.hub.emit(ev) }
+func (m *Mesh) Emit(ev fabric.Event) { m.emit(ev) }
+
+// emit publishes an event to this node's subscriptions and, in cluster mode, to every
+// other node's (events reach StreamEvents subscribers wherever they are).
+func (m *Mesh) emit(ev fabric.Event) {
+	if ev.Node == "" {
+		ev.Node = m.cfg.Node
+	}
+	if ev.Time.IsZero() {
+		ev.Time = m.cfg.Now()
+	}
+	m.hub.emit(ev)
+	if m.cl != nil {
+		m.cl.broadcastEvent(&ev)
+	}
+}
 
 func (h *hub) emit(ev fabric.Event) {
 	if ev.Node == "" {

@@ -55,11 +55,15 @@ type Config struct {
 	// Now is the clock for message times, history TTLs and idempotency windows
 	// (default time.Now); tests inject a fake.
 	Now func() time.Time
+	// Cluster, when set, makes this mesh one node of a cluster (see ClusterConfig);
+	// nil is the mesh of one, which owns every shard.
+	Cluster *ClusterConfig
 }
 
-// Mesh is the fabric of a mesh of one: it owns every shard of rooms and users and
-// implements node.Fabric and control.Fabric. Create it with New, then Attach the
-// edge before any other call.
+// Mesh is the fabric seen from one node: the owner of the shards of rooms and users
+// this node serves (every shard in a mesh of one) and the router to the owners of the
+// others. It implements node.Fabric and control.Fabric. Create it with New, then
+// Attach the edge before any other call.
 type Mesh struct {
 	cfg       Config
 	log       *slog.Logger
@@ -78,20 +82,35 @@ type Mesh struct {
 	stop     chan struct{}
 	sweeping sync.WaitGroup
 	closeMu  sync.Once
+
+	// cl is the cluster machinery; nil for a mesh of one.
+	cl *cluster
+	// ledger is what this node's edge registered through the mesh (cluster mode): the
+	// source a new owner rebuilds presence and interest from.
+	ledger ledger
+}
+
+// ep is the epoch of a shard's ownership under which owner state is read or written:
+// s is its form in positions, n its shard-map epoch (0 in a mesh of one).
+type ep struct {
+	s string
+	n int64
 }
 
 // edgeBox lets an interface value live in an atomic.Pointer.
 type edgeBox struct{ e Edge }
 
-// shard is one slice of the room space with its owner.
+// shard is one slice of the room space: the owner state of its rooms, held while this
+// node owns it (always, in a mesh of one).
 type shard struct {
-	owner string
 	mu    sync.Mutex
 	rooms map[string]*room
 	// floor is the highest offset any dropped room of this shard reached. A room
 	// created again starts after it, so a room's offsets never repeat within an epoch
 	// (see the package doc).
 	floor uint64
+	// epochN is the shard-map epoch the rooms belong to (always 0 in a mesh of one).
+	epochN int64
 }
 
 type metrics struct {
@@ -180,14 +199,21 @@ func New(cfg Config) (*Mesh, error) {
 		stop:      make(chan struct{}),
 	}
 	for i := range m.shards {
-		// A mesh of one owns every shard; a cluster will fill owner from the shard map.
-		m.shards[i] = &shard{owner: cfg.Node, rooms: make(map[string]*room)}
+		m.shards[i] = &shard{rooms: make(map[string]*room)}
 		m.users[i] = &userShard{users: make(map[string][]string), conns: make(map[string]string)}
 	}
 	m.hub = newHub(m)
+	if cfg.Cluster != nil {
+		cl, err := startCluster(m, *cfg.Cluster)
+		if err != nil {
+			m.hub.closeAll()
+			return nil, err
+		}
+		m.cl = cl
+	}
 	m.sweeping.Add(1)
 	go m.sweepLoop()
-	m.log.Info("mesh started", "epoch", epoch, "shards", cfg.Shards)
+	m.log.Info("mesh started", "epoch", epoch, "shards", cfg.Shards, "cluster", cfg.Cluster != nil)
 	return m, nil
 }
 
@@ -215,8 +241,18 @@ func (m *Mesh) edge() Edge {
 	return noEdge{}
 }
 
-// Epoch returns the epoch of every room this mesh owns.
+// Epoch returns the epoch of every room a mesh of one owns. In cluster mode each
+// shard has its own epoch (the shard map's) and this is only the process's epoch.
 func (m *Mesh) Epoch() string { return m.epoch }
+
+// ownEpoch reports whether this node may act as the owner of shard idx now, and
+// under which epoch. A mesh of one always may.
+func (m *Mesh) ownEpoch(idx int) (ep, bool) {
+	if m.cl == nil {
+		return ep{s: m.epoch}, true
+	}
+	return m.cl.ownEpoch(idx)
+}
 
 // SetDraining marks the node as draining (or active again) in ListNodes.
 func (m *Mesh) SetDraining(draining bool) { m.draining.Store(draining) }
@@ -226,6 +262,9 @@ func (m *Mesh) SetDraining(draining bool) { m.draining.Store(draining) }
 func (m *Mesh) Close() error {
 	m.closeMu.Do(func() {
 		m.closed.Store(true)
+		if m.cl != nil {
+			m.cl.stop(true)
+		}
 		close(m.stop)
 		m.sweeping.Wait()
 		m.hub.closeAll()
@@ -248,17 +287,30 @@ func (m *Mesh) shardIndex(name string) int {
 	return int(h % uint32(len(m.shards)))
 }
 
-// ListNodes returns this node, the only node of a mesh of one.
+// ListNodes returns every node of the cluster ordered by name (this node alone in a
+// mesh of one).
 func (m *Mesh) ListNodes(ctx context.Context) ([]fabric.NodeInfo, error) {
 	if m.closed.Load() {
 		return nil, m.errClosed()
 	}
+	if m.cl != nil {
+		return m.cl.listNodes(ctx)
+	}
+	return []fabric.NodeInfo{m.selfInfo()}, nil
+}
+
+// selfInfo describes this node for ListNodes.
+func (m *Mesh) selfInfo() fabric.NodeInfo {
 	conns, rooms := m.edge().Stats()
 	state := fabric.NodeActive
 	if m.draining.Load() {
 		state = fabric.NodeDraining
 	}
-	return []fabric.NodeInfo{{
+	shards := len(m.shards)
+	if m.cl != nil {
+		shards = m.cl.sm.Current().Count()[m.cl.id]
+	}
+	return fabric.NodeInfo{
 		Name:        m.cfg.Node,
 		State:       state,
 		ClientAddr:  m.cfg.ClientAddr,
@@ -266,9 +318,9 @@ func (m *Mesh) ListNodes(ctx context.Context) ([]fabric.NodeInfo, error) {
 		Version:     m.cfg.Version,
 		Conns:       conns,
 		Rooms:       rooms,
-		Shards:      len(m.shards),
+		Shards:      shards,
 		StartedAt:   m.startedAt,
-	}}, nil
+	}
 }
 
 // sweepLoop periodically expires history and idempotency keys so idle rooms are

@@ -14,7 +14,10 @@ import (
 	"github.com/roomcast/roomcast/fabric"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// memberlist's Shutdown does not wait for a probe in flight (see package membership).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
+}
 
 // fakeClock is an injectable Config.Now.
 type fakeClock struct {

@@ -15,7 +15,10 @@ import (
 // room is the owner state of one room. Every field is guarded by mu.
 type room struct {
 	name string
-	mu   sync.Mutex
+	// epoch is the shard epoch the room was created in (0 in a mesh of one); a room
+	// of an older epoch is stale state of an earlier ownership.
+	epoch int64
+	mu    sync.Mutex
 	// dead is set when the room was removed from its shard; a caller that locked a
 	// dead room looks it up again.
 	dead    bool
@@ -24,6 +27,9 @@ type room struct {
 	keys    idemKeys
 	members map[string]*member
 	conns   int
+	// nodes counts the room's connections per node name: the nodes that must get its
+	// deliveries and membership pushes (cluster mode).
+	nodes map[string]int
 }
 
 // member is one user present in a room.
@@ -135,30 +141,48 @@ func (r *room) firstRetained() uint64 {
 	return r.hist.at(0).Pos.Offset
 }
 
-// lockRoom returns the room named name, locked, from shard s. With create it makes
-// the room if needed; without, it returns nil for an absent room.
-func (m *Mesh) lockRoom(name string, create bool) (*shard, *room) {
+// lockRoom returns the room named name, locked, from shard s, as owner state of
+// epoch e. With create it makes the room if needed; without, it returns nil for an
+// absent room. A newer epoch than the shard's resets the shard (the state of an
+// earlier ownership is stale); an older one fails with errNotOwner.
+func (m *Mesh) lockRoom(name string, create bool, e ep) (*shard, *room, error) {
 	s := m.shards[m.shardIndex(name)]
 	for {
 		s.mu.Lock()
+		if e.n != s.epochN {
+			if e.n < s.epochN {
+				s.mu.Unlock()
+				return s, nil, errNotOwner
+			}
+			m.resetShardLocked(s, e.n)
+		}
 		r := s.rooms[name]
 		if r == nil {
 			if !create {
 				s.mu.Unlock()
-				return s, nil
+				return s, nil, nil
 			}
-			r = &room{name: name, offset: s.floor}
+			r = &room{name: name, offset: s.floor, epoch: e.n}
 			s.rooms[name] = r
 			m.met.rooms.Inc()
 		}
 		s.mu.Unlock()
 		r.mu.Lock()
-		if !r.dead {
-			return s, r
+		if !r.dead && r.epoch == e.n {
+			return s, r, nil
 		}
-		// Removed between the lookup and the lock: look again.
+		// Removed or reset between the lookup and the lock: look again.
 		r.mu.Unlock()
 	}
+}
+
+// resetShardLocked forgets a shard's rooms (s.mu held): they belong to an earlier
+// ownership. Rooms still locked by someone are unreachable from now on.
+func (m *Mesh) resetShardLocked(s *shard, epoch int64) {
+	m.met.rooms.Sub(float64(len(s.rooms)))
+	s.rooms = make(map[string]*room)
+	s.floor = 0
+	s.epochN = epoch
 }
 
 // dropIfEmpty removes r (locked by the caller) from its shard when it holds nothing.
@@ -170,10 +194,10 @@ func (m *Mesh) dropIfEmpty(s *shard, r *room) {
 	s.mu.Lock()
 	if s.rooms[r.name] == r {
 		delete(s.rooms, r.name)
+		s.floor = max(s.floor, r.offset)
+		m.met.rooms.Dec()
 	}
-	s.floor = max(s.floor, r.offset)
 	s.mu.Unlock()
-	m.met.rooms.Dec()
 }
 
 // lookupRoom validates a room name and returns its namespace.
@@ -198,7 +222,7 @@ func validatePayload(p fabric.Payload) error {
 // keeps history, hands it to the edge and returns its position. A publish whose
 // idempotency key was seen within the namespace's window returns the original
 // position and delivers nothing. The payload's bytes are copied.
-func (m *Mesh) Publish(ctx context.Context, p fabric.Publication) (fabric.Position, error) {
+func (m *Mesh) publishLocal(ctx context.Context, p fabric.Publication, e ep) (fabric.Position, error) {
 	start := time.Now()
 	if err := ctx.Err(); err != nil {
 		return fabric.Position{}, err
@@ -211,7 +235,10 @@ func (m *Mesh) Publish(ctx context.Context, p fabric.Publication) (fabric.Positi
 		return fabric.Position{}, err
 	}
 	now := m.cfg.Now()
-	s, r := m.lockRoom(p.Room, true)
+	s, r, err := m.lockRoom(p.Room, true, e)
+	if err != nil {
+		return fabric.Position{}, err
+	}
 	defer r.mu.Unlock()
 	r.expire(m, ns, now)
 	if p.IdempotencyKey != "" {
@@ -222,7 +249,7 @@ func (m *Mesh) Publish(ctx context.Context, p fabric.Publication) (fabric.Positi
 	r.offset++
 	msg := &fabric.Message{
 		Room:      p.Room,
-		Pos:       fabric.Position{Epoch: m.epoch, Offset: r.offset},
+		Pos:       fabric.Position{Epoch: e.s, Offset: r.offset},
 		Payload:   fabric.Payload{Data: slices.Clone(p.Payload.Data), Binary: p.Payload.Binary},
 		Publisher: p.Publisher,
 		Time:      now,
@@ -240,6 +267,7 @@ func (m *Mesh) Publish(ctx context.Context, p fabric.Publication) (fabric.Positi
 	}
 	// Under r.mu: the room's deliveries happen one at a time, in offset order.
 	m.edge().Deliver(msg)
+	m.fanDeliver(r, msg, e)
 	m.met.published.Inc()
 	m.met.latency.Observe(time.Since(start).Seconds())
 	m.dropIfEmpty(s, r)
@@ -251,7 +279,7 @@ func (m *Mesh) Publish(ctx context.Context, p fabric.Publication) (fabric.Positi
 // after JoinResult.Pos. With recoverFrom it also returns the messages after that
 // position, or Recovered=false when they are not all retained (another epoch, too
 // old, in the future, or a namespace without history).
-func (m *Mesh) Join(ctx context.Context, roomName string, ci fabric.ClientInfo, recoverFrom *fabric.Position) (fabric.JoinResult, error) {
+func (m *Mesh) joinLocal(ctx context.Context, roomName string, ci fabric.ClientInfo, recoverFrom *fabric.Position, e ep) (fabric.JoinResult, error) {
 	if err := ctx.Err(); err != nil {
 		return fabric.JoinResult{}, err
 	}
@@ -263,7 +291,10 @@ func (m *Mesh) Join(ctx context.Context, roomName string, ci fabric.ClientInfo, 
 		return fabric.JoinResult{}, fabric.Errorf(fabric.CodeBadRequest, "join needs a user and a connection")
 	}
 	now := m.cfg.Now()
-	s, r := m.lockRoom(roomName, true)
+	s, r, err := m.lockRoom(roomName, true, e)
+	if err != nil {
+		return fabric.JoinResult{}, err
+	}
 	defer r.mu.Unlock()
 	r.expire(m, ns, now)
 	mem := r.members[ci.User]
@@ -275,12 +306,25 @@ func (m *Mesh) Join(ctx context.Context, roomName string, ci fabric.ClientInfo, 
 		return fabric.JoinResult{}, fabric.Errorf(fabric.CodeRoomFull, "room %q is full (%d members)", roomName, ns.MaxMembers)
 	}
 	res := fabric.JoinResult{
-		Pos:         fabric.Position{Epoch: m.epoch, Offset: r.offset},
+		Pos:         fabric.Position{Epoch: e.s, Offset: r.offset},
 		Recoverable: ns.HistorySize > 0,
 	}
 	if recoverFrom != nil && ns.HistorySize > 0 {
-		res.Missed, res.Recovered = r.recover(*recoverFrom, m.epoch)
+		res.Missed, res.Recovered = r.recover(*recoverFrom, e.s)
 	}
+	first := r.addConn(ci)
+	if first && ns.JoinLeave {
+		m.edge().DeliverMembership(roomName, ci, true)
+		m.fanMembership(r, ci, true, e)
+		m.emit(fabric.Event{Type: fabric.EventJoin, Conn: ci.Conn, User: ci.User, Room: roomName})
+	}
+	return res, nil
+}
+
+// addConn registers ci as a member (r.mu held) and reports whether it is the user's
+// first connection in the room. The caller checked it is not already a member.
+func (r *room) addConn(ci fabric.ClientInfo) bool {
+	mem := r.members[ci.User]
 	first := mem == nil
 	if first {
 		mem = &member{info: slices.Clone(ci.Info)}
@@ -291,11 +335,13 @@ func (m *Mesh) Join(ctx context.Context, roomName string, ci fabric.ClientInfo, 
 	}
 	mem.conns = append(mem.conns, ci.Conn)
 	r.conns++
-	if first && ns.JoinLeave {
-		m.edge().DeliverMembership(roomName, ci, true)
-		m.hub.emit(fabric.Event{Type: fabric.EventJoin, Conn: ci.Conn, User: ci.User, Room: roomName})
+	if node := fabric.NodeOfConn(ci.Conn); node != "" {
+		if r.nodes == nil {
+			r.nodes = make(map[string]int)
+		}
+		r.nodes[node]++
 	}
-	return res, nil
+	return first
 }
 
 // recover returns the retained messages after from when every one of them is still
@@ -321,10 +367,13 @@ func (r *room) recover(from fabric.Position, epoch string) ([]*fabric.Message, b
 
 // Leave removes ci from room. It fails with fabric.ErrNotJoined when ci is not a member.
 // It works after Close too, so a node shutting down can still clean up.
-func (m *Mesh) Leave(ctx context.Context, roomName string, ci fabric.ClientInfo) error {
+func (m *Mesh) leaveLocal(ctx context.Context, roomName string, ci fabric.ClientInfo, e ep) error {
 	// A removed namespace must not keep members in forever: leave works without it.
 	ns, _ := m.cfg.Namespaces.Lookup(roomName)
-	s, r := m.lockRoom(roomName, false)
+	s, r, err := m.lockRoom(roomName, false, e)
+	if err != nil {
+		return err
+	}
 	if r == nil {
 		return fabric.Errorf(fabric.CodeNotJoined, "connection %s is not in room %q", ci.Conn, roomName)
 	}
@@ -343,12 +392,20 @@ func (m *Mesh) leaveLocked(s *shard, r *room, ns *fabric.Namespace, ci fabric.Cl
 	}
 	mem.conns = slices.Delete(mem.conns, i, i+1)
 	r.conns--
+	if node := fabric.NodeOfConn(ci.Conn); node != "" && r.nodes != nil {
+		if r.nodes[node]--; r.nodes[node] <= 0 {
+			delete(r.nodes, node)
+		}
+	}
 	if len(mem.conns) == 0 {
 		delete(r.members, ci.User)
 		if ns != nil && ns.JoinLeave {
 			left := fabric.ClientInfo{User: ci.User, Conn: ci.Conn, Info: mem.info}
 			m.edge().DeliverMembership(r.name, left, false)
-			m.hub.emit(fabric.Event{Type: fabric.EventLeave, Conn: ci.Conn, User: ci.User, Room: r.name})
+			// The leaving connection's node hears of it too: its other local
+			// members of the room are still interested.
+			m.fanMembership(r, left, false, ep{s: "", n: r.epoch})
+			m.emit(fabric.Event{Type: fabric.EventLeave, Conn: ci.Conn, User: ci.User, Room: r.name})
 		}
 	}
 	if ns != nil {
@@ -360,7 +417,7 @@ func (m *Mesh) leaveLocked(s *shard, r *room, ns *fabric.Namespace, ci fabric.Cl
 
 // Presence lists the room's members ordered by user, each with their connections in
 // join order. It fails with fabric.ErrNotAvailable when the namespace has no presence.
-func (m *Mesh) Presence(ctx context.Context, roomName string) ([]fabric.Member, error) {
+func (m *Mesh) presenceLocal(ctx context.Context, roomName string, e ep) ([]fabric.Member, error) {
 	ns, err := m.lookupRoom(roomName)
 	if err != nil {
 		return nil, err
@@ -368,7 +425,10 @@ func (m *Mesh) Presence(ctx context.Context, roomName string) ([]fabric.Member, 
 	if !ns.Presence {
 		return nil, fabric.Errorf(fabric.CodeNotAvailable, "presence is off in namespace %q", ns.Name)
 	}
-	_, r := m.lockRoom(roomName, false)
+	_, r, err := m.lockRoom(roomName, false, e)
+	if err != nil {
+		return nil, err
+	}
 	if r == nil {
 		return []fabric.Member{}, nil
 	}
@@ -383,7 +443,7 @@ func (m *Mesh) Presence(ctx context.Context, roomName string) ([]fabric.Member, 
 
 // PresenceStats counts the room's users and connections. It fails with
 // fabric.ErrNotAvailable when the namespace has no presence.
-func (m *Mesh) PresenceStats(ctx context.Context, roomName string) (fabric.Stats, error) {
+func (m *Mesh) presenceStatsLocal(ctx context.Context, roomName string, e ep) (fabric.Stats, error) {
 	ns, err := m.lookupRoom(roomName)
 	if err != nil {
 		return fabric.Stats{}, err
@@ -391,7 +451,10 @@ func (m *Mesh) PresenceStats(ctx context.Context, roomName string) (fabric.Stats
 	if !ns.Presence {
 		return fabric.Stats{}, fabric.Errorf(fabric.CodeNotAvailable, "presence is off in namespace %q", ns.Name)
 	}
-	_, r := m.lockRoom(roomName, false)
+	_, r, err := m.lockRoom(roomName, false, e)
+	if err != nil {
+		return fabric.Stats{}, err
+	}
 	if r == nil {
 		return fabric.Stats{}, nil
 	}
@@ -403,7 +466,7 @@ func (m *Mesh) PresenceStats(ctx context.Context, roomName string) (fabric.Stats
 // oldest first or newest first with q.Reverse, at most q.Limit (capped by
 // Config.HistoryLimit). It fails with fabric.ErrNotAvailable when the namespace keeps
 // no history and with fabric.ErrBadRequest for a position of another epoch.
-func (m *Mesh) History(ctx context.Context, roomName string, q fabric.HistoryQuery) (fabric.History, error) {
+func (m *Mesh) historyLocal(ctx context.Context, roomName string, q fabric.HistoryQuery, e ep) (fabric.History, error) {
 	ns, err := m.lookupRoom(roomName)
 	if err != nil {
 		return fabric.History{}, err
@@ -415,20 +478,23 @@ func (m *Mesh) History(ctx context.Context, roomName string, q fabric.HistoryQue
 	if since != nil && since.IsZero() {
 		since = nil
 	}
-	if since != nil && since.Epoch != m.epoch {
+	if since != nil && since.Epoch != e.s {
 		return fabric.History{}, fabric.Errorf(fabric.CodeBadRequest, "position of another epoch")
 	}
 	limit := q.Limit
 	if limit <= 0 || limit > m.cfg.HistoryLimit {
 		limit = m.cfg.HistoryLimit
 	}
-	s, r := m.lockRoom(roomName, false)
+	s, r, err := m.lockRoom(roomName, false, e)
+	if err != nil {
+		return fabric.History{}, err
+	}
 	if r == nil {
-		return fabric.History{Messages: []*fabric.Message{}, Pos: fabric.Position{Epoch: m.epoch}}, nil
+		return fabric.History{Messages: []*fabric.Message{}, Pos: fabric.Position{Epoch: e.s}}, nil
 	}
 	defer r.mu.Unlock()
 	r.expire(m, ns, m.cfg.Now())
-	h := fabric.History{Pos: fabric.Position{Epoch: m.epoch, Offset: r.offset}}
+	h := fabric.History{Pos: fabric.Position{Epoch: e.s, Offset: r.offset}}
 	lo, hi := 0, r.hist.len() // the selectable range [lo, hi)
 	if since != nil && hi > 0 {
 		first := r.firstRetained()
@@ -457,7 +523,7 @@ func (m *Mesh) History(ctx context.Context, roomName string, q fabric.HistoryQue
 // ListRooms returns up to limit rooms (default 100, at most 1000) that have members
 // or retained history, whose names start with prefix and sort after `after`, ordered
 // by name, and whether more follow.
-func (m *Mesh) ListRooms(ctx context.Context, prefix, after string, limit int) ([]fabric.RoomSummary, bool, error) {
+func (m *Mesh) listRoomsLocal(ctx context.Context, prefix, after string, limit int) ([]fabric.RoomSummary, bool, error) {
 	if m.closed.Load() {
 		return nil, false, m.errClosed()
 	}
@@ -468,13 +534,21 @@ func (m *Mesh) ListRooms(ctx context.Context, prefix, after string, limit int) (
 	type cand struct {
 		s *shard
 		r *room
+		e ep
 	}
 	var cands []cand
-	for _, s := range m.shards {
+	for i, s := range m.shards {
+		e, ok := m.ownEpoch(i)
+		if !ok {
+			continue // a cluster node lists only the shards it serves
+		}
 		s.mu.Lock()
 		for name, r := range s.rooms {
+			if r.epoch != e.n {
+				continue
+			}
 			if name > after && strings.HasPrefix(name, prefix) {
-				cands = append(cands, cand{s, r})
+				cands = append(cands, cand{s, r, e})
 			}
 		}
 		s.mu.Unlock()
@@ -494,8 +568,8 @@ func (m *Mesh) ListRooms(ctx context.Context, prefix, after string, limit int) (
 			sum = fabric.RoomSummary{
 				Name:  r.name,
 				Stats: fabric.Stats{Users: len(r.members), Conns: r.conns},
-				Pos:   fabric.Position{Epoch: m.epoch, Offset: r.offset},
-				Owner: c.s.owner,
+				Pos:   fabric.Position{Epoch: c.e.s, Offset: r.offset},
+				Owner: m.cfg.Node,
 			}
 		}
 		r.mu.Unlock()

@@ -32,7 +32,7 @@ func TestUserIndexLimit(t *testing.T) {
 	if err := env.m.Connect(ctx, c(4), 2); err != nil {
 		t.Fatalf("after disconnect: %v", err)
 	}
-	if got := env.m.userConns("u"); !reflect.DeepEqual(got, []string{c(2).Conn, c(4).Conn}) {
+	if got, _ := env.m.userConns(context.Background(), "u"); !reflect.DeepEqual(got, []string{c(2).Conn, c(4).Conn}) {
 		t.Fatalf("conns %v", got)
 	}
 	env.m.Disconnect(ctx, c(2), nil)

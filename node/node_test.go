@@ -736,3 +736,17 @@ func metricValue(t *testing.T, c prometheus.Metric) float64 {
 	}
 	return m.Gauge.GetValue()
 }
+
+func TestLocalMembers(t *testing.T) {
+	h := newHarness(t, nil)
+	cl, res := h.connect(t, "", jwtauth.Claims{})
+	cl.join("chat:a")
+	cl.join("chat:b")
+	got := h.n.LocalMembers(func(room string) bool { return room == "chat:a" })
+	if len(got) != 1 || len(got["chat:a"]) != 1 {
+		t.Fatalf("local members %+v", got)
+	}
+	if ci := got["chat:a"][0]; ci.User != "alice" || ci.Conn != res.GetConnection() {
+		t.Fatalf("member %+v, want alice on %s", ci, res.GetConnection())
+	}
+}

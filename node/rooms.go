@@ -484,3 +484,36 @@ func (n *Node) KickConn(id string, kick fabric.Kick) error {
 	c.closeWith(code, kick.Reason, closeQuiet)
 	return nil
 }
+
+// LocalMembers returns this node's members of the rooms for which keep reports true:
+// room -> one ClientInfo per connection (joins in progress included, since the node
+// registers a member before asking the owner). A new owner of a room's shard rebuilds
+// presence and interest from it (mesh.MemberLister): the node is the source of truth
+// for its own connections.
+func (n *Node) LocalMembers(keep func(room string) bool) map[string][]fabric.ClientInfo {
+	n.roomsMu.RLock()
+	var rooms []string
+	var idx []*room
+	for name, r := range n.rooms {
+		if keep(name) {
+			rooms = append(rooms, name)
+			idx = append(idx, r)
+		}
+	}
+	n.roomsMu.RUnlock()
+	out := make(map[string][]fabric.ClientInfo, len(rooms))
+	var conns []*conn
+	for i, r := range idx {
+		conns = conns[:0]
+		r.mu.RLock()
+		for _, m := range r.members {
+			conns = append(conns, m.c)
+		}
+		r.mu.RUnlock()
+		// conn.mu is taken outside room.mu, as everywhere else.
+		for _, c := range conns {
+			out[rooms[i]] = append(out[rooms[i]], c.info())
+		}
+	}
+	return out
+}

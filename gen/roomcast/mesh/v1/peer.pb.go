@@ -373,6 +373,8 @@ type Envelope struct {
 	//	*Envelope_MoveConnection
 	//	*Envelope_Rebuild
 	//	*Envelope_Events
+	//	*Envelope_NodeStats
+	//	*Envelope_ListRooms
 	//	*Envelope_Ack
 	//	*Envelope_Error
 	//	*Envelope_NotOwner
@@ -383,6 +385,8 @@ type Envelope struct {
 	//	*Envelope_HistoryReply
 	//	*Envelope_UserConnectionsReply
 	//	*Envelope_RebuildReply
+	//	*Envelope_NodeStatsReply
+	//	*Envelope_ListRoomsReply
 	Body          isEnvelope_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -631,6 +635,24 @@ func (x *Envelope) GetEvents() *EventsPush {
 	return nil
 }
 
+func (x *Envelope) GetNodeStats() *NodeStatsRequest {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_NodeStats); ok {
+			return x.NodeStats
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetListRooms() *ListRoomsRequest {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_ListRooms); ok {
+			return x.ListRooms
+		}
+	}
+	return nil
+}
+
 func (x *Envelope) GetAck() *Ack {
 	if x != nil {
 		if x, ok := x.Body.(*Envelope_Ack); ok {
@@ -716,6 +738,24 @@ func (x *Envelope) GetRebuildReply() *RebuildReply {
 	if x != nil {
 		if x, ok := x.Body.(*Envelope_RebuildReply); ok {
 			return x.RebuildReply
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetNodeStatsReply() *NodeStatsReply {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_NodeStatsReply); ok {
+			return x.NodeStatsReply
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetListRoomsReply() *ListRoomsReply {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_ListRoomsReply); ok {
+			return x.ListRoomsReply
 		}
 	}
 	return nil
@@ -828,6 +868,18 @@ type Envelope_Events struct {
 	Events *EventsPush `protobuf:"bytes,70,opt,name=events,proto3,oneof"`
 }
 
+type Envelope_NodeStats struct {
+	// Any node → any node: the receiver's own NodeInfo (ListNodes).
+	// Reply: NodeStatsReply or Error.
+	NodeStats *NodeStatsRequest `protobuf:"bytes,80,opt,name=node_stats,json=nodeStats,proto3,oneof"`
+}
+
+type Envelope_ListRooms struct {
+	// Any node → any node: the rooms the receiver owns (ListRooms scatter-gather).
+	// Reply: ListRoomsReply or Error.
+	ListRooms *ListRoomsRequest `protobuf:"bytes,81,opt,name=list_rooms,json=listRooms,proto3,oneof"`
+}
+
 type Envelope_Ack struct {
 	// A successful reply with no data.
 	Ack *Ack `protobuf:"bytes,90,opt,name=ack,proto3,oneof"`
@@ -879,6 +931,16 @@ type Envelope_RebuildReply struct {
 	RebuildReply *RebuildReply `protobuf:"bytes,99,opt,name=rebuild_reply,json=rebuildReply,proto3,oneof"`
 }
 
+type Envelope_NodeStatsReply struct {
+	// Reply to NodeStatsRequest.
+	NodeStatsReply *NodeStatsReply `protobuf:"bytes,100,opt,name=node_stats_reply,json=nodeStatsReply,proto3,oneof"`
+}
+
+type Envelope_ListRoomsReply struct {
+	// Reply to ListRoomsRequest.
+	ListRoomsReply *ListRoomsReply `protobuf:"bytes,101,opt,name=list_rooms_reply,json=listRoomsReply,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Body() {}
 
 func (*Envelope_HelloAck) isEnvelope_Body() {}
@@ -917,6 +979,10 @@ func (*Envelope_Rebuild) isEnvelope_Body() {}
 
 func (*Envelope_Events) isEnvelope_Body() {}
 
+func (*Envelope_NodeStats) isEnvelope_Body() {}
+
+func (*Envelope_ListRooms) isEnvelope_Body() {}
+
 func (*Envelope_Ack) isEnvelope_Body() {}
 
 func (*Envelope_Error) isEnvelope_Body() {}
@@ -936,6 +1002,10 @@ func (*Envelope_HistoryReply) isEnvelope_Body() {}
 func (*Envelope_UserConnectionsReply) isEnvelope_Body() {}
 
 func (*Envelope_RebuildReply) isEnvelope_Body() {}
+
+func (*Envelope_NodeStatsReply) isEnvelope_Body() {}
+
+func (*Envelope_ListRoomsReply) isEnvelope_Body() {}
 
 // Hello opens a link and authenticates the dialer.
 type Hello struct {
@@ -1997,7 +2067,10 @@ type UserIndexRequest struct {
 	// The user.
 	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
 	// The connection.
-	Connection    string `protobuf:"bytes,3,opt,name=connection,proto3" json:"connection,omitempty"`
+	Connection string `protobuf:"bytes,3,opt,name=connection,proto3" json:"connection,omitempty"`
+	// On ADD: the most connections the user may hold (0: no limit); the owner refuses
+	// the connection with LIMIT_EXCEEDED beyond it.
+	MaxPerUser    uint32 `protobuf:"varint,4,opt,name=max_per_user,json=maxPerUser,proto3" json:"max_per_user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2051,6 +2124,13 @@ func (x *UserIndexRequest) GetConnection() string {
 		return x.Connection
 	}
 	return ""
+}
+
+func (x *UserIndexRequest) GetMaxPerUser() uint32 {
+	if x != nil {
+		return x.MaxPerUser
+	}
+	return 0
 }
 
 // UserConnectionsRequest asks the owner of a user's shard for the user's connections.
@@ -2208,7 +2288,9 @@ type KickConnectionRequest struct {
 	// Close code sent to the client.
 	Code v1.CloseCode `protobuf:"varint,2,opt,name=code,proto3,enum=roomcast.v1.CloseCode" json:"code,omitempty"`
 	// Reason sent to the client.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Whether the client is told it may reconnect.
+	Reconnect     bool `protobuf:"varint,4,opt,name=reconnect,proto3" json:"reconnect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2262,6 +2344,13 @@ func (x *KickConnectionRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *KickConnectionRequest) GetReconnect() bool {
+	if x != nil {
+		return x.Reconnect
+	}
+	return false
 }
 
 // MoveConnectionRequest makes a connection on the receiver join or leave a room.
@@ -2719,6 +2808,209 @@ func (x *NotOwner) GetMapRevision() int64 {
 	return 0
 }
 
+// NodeStatsRequest asks a node to describe itself for ListNodes.
+type NodeStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatsRequest) Reset() {
+	*x = NodeStatsRequest{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatsRequest) ProtoMessage() {}
+
+func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatsRequest.ProtoReflect.Descriptor instead.
+func (*NodeStatsRequest) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{35}
+}
+
+// NodeStatsReply describes the receiving node.
+type NodeStatsReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node, as ListNodes shows it.
+	Node          *v1.NodeInfo `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatsReply) Reset() {
+	*x = NodeStatsReply{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatsReply) ProtoMessage() {}
+
+func (x *NodeStatsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatsReply.ProtoReflect.Descriptor instead.
+func (*NodeStatsReply) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *NodeStatsReply) GetNode() *v1.NodeInfo {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+// ListRoomsRequest asks a node for the live rooms it owns whose names start with
+// `prefix` and sort after `after`, at most `limit` of them, ordered by name.
+type ListRoomsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name prefix.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Exclusive lower bound of names.
+	After string `protobuf:"bytes,2,opt,name=after,proto3" json:"after,omitempty"`
+	// At most this many rooms.
+	Limit         uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoomsRequest) Reset() {
+	*x = ListRoomsRequest{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoomsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoomsRequest) ProtoMessage() {}
+
+func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoomsRequest.ProtoReflect.Descriptor instead.
+func (*ListRoomsRequest) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListRoomsRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ListRoomsRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *ListRoomsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// ListRoomsReply is one node's part of a ListRooms scatter-gather.
+type ListRoomsReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rooms ordered by name.
+	Rooms []*v1.RoomSummary `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
+	// Whether the node has more rooms after the last one.
+	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoomsReply) Reset() {
+	*x = ListRoomsReply{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoomsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoomsReply) ProtoMessage() {}
+
+func (x *ListRoomsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoomsReply.ProtoReflect.Descriptor instead.
+func (*ListRoomsReply) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListRoomsReply) GetRooms() []*v1.RoomSummary {
+	if x != nil {
+		return x.Rooms
+	}
+	return nil
+}
+
+func (x *ListRoomsReply) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
 var File_roomcast_mesh_v1_peer_proto protoreflect.FileDescriptor
 
 const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
@@ -2733,7 +3025,7 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"s\n" +
 	"\x05Batch\x120\n" +
 	"\x06sender\x18\x01 \x01(\v2\x18.roomcast.mesh.v1.SenderR\x06sender\x128\n" +
-	"\tenvelopes\x18\x02 \x03(\v2\x1a.roomcast.mesh.v1.EnvelopeR\tenvelopes\"\xbc\x10\n" +
+	"\tenvelopes\x18\x02 \x03(\v2\x1a.roomcast.mesh.v1.EnvelopeR\tenvelopes\"\xe2\x12\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x19\n" +
@@ -2761,7 +3053,11 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\x0fkick_connection\x183 \x01(\v2'.roomcast.mesh.v1.KickConnectionRequestH\x00R\x0ekickConnection\x12R\n" +
 	"\x0fmove_connection\x184 \x01(\v2'.roomcast.mesh.v1.MoveConnectionRequestH\x00R\x0emoveConnection\x12<\n" +
 	"\arebuild\x18< \x01(\v2 .roomcast.mesh.v1.RebuildRequestH\x00R\arebuild\x126\n" +
-	"\x06events\x18F \x01(\v2\x1c.roomcast.mesh.v1.EventsPushH\x00R\x06events\x12)\n" +
+	"\x06events\x18F \x01(\v2\x1c.roomcast.mesh.v1.EventsPushH\x00R\x06events\x12C\n" +
+	"\n" +
+	"node_stats\x18P \x01(\v2\".roomcast.mesh.v1.NodeStatsRequestH\x00R\tnodeStats\x12C\n" +
+	"\n" +
+	"list_rooms\x18Q \x01(\v2\".roomcast.mesh.v1.ListRoomsRequestH\x00R\tlistRooms\x12)\n" +
 	"\x03ack\x18Z \x01(\v2\x15.roomcast.mesh.v1.AckH\x00R\x03ack\x12*\n" +
 	"\x05error\x18[ \x01(\v2\x12.roomcast.v1.ErrorH\x00R\x05error\x129\n" +
 	"\tnot_owner\x18\\ \x01(\v2\x1a.roomcast.mesh.v1.NotOwnerH\x00R\bnotOwner\x12E\n" +
@@ -2772,7 +3068,9 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\x14presence_stats_reply\x18` \x01(\v2$.roomcast.mesh.v1.PresenceStatsReplyH\x00R\x12presenceStatsReply\x12E\n" +
 	"\rhistory_reply\x18a \x01(\v2\x1e.roomcast.mesh.v1.HistoryReplyH\x00R\fhistoryReply\x12^\n" +
 	"\x16user_connections_reply\x18b \x01(\v2&.roomcast.mesh.v1.UserConnectionsReplyH\x00R\x14userConnectionsReply\x12E\n" +
-	"\rrebuild_reply\x18c \x01(\v2\x1e.roomcast.mesh.v1.RebuildReplyH\x00R\frebuildReplyB\x06\n" +
+	"\rrebuild_reply\x18c \x01(\v2\x1e.roomcast.mesh.v1.RebuildReplyH\x00R\frebuildReply\x12L\n" +
+	"\x10node_stats_reply\x18d \x01(\v2 .roomcast.mesh.v1.NodeStatsReplyH\x00R\x0enodeStatsReply\x12L\n" +
+	"\x10list_rooms_reply\x18e \x01(\v2 .roomcast.mesh.v1.ListRoomsReplyH\x00R\x0elistRoomsReplyB\x06\n" +
 	"\x04body\"\xea\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
@@ -2838,13 +3136,15 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\fHistoryReply\x124\n" +
 	"\bmessages\x18\x01 \x03(\v2\x18.roomcast.v1.RoomMessageR\bmessages\x121\n" +
 	"\bposition\x18\x02 \x01(\v2\x15.roomcast.v1.PositionR\bposition\x12\x1c\n" +
-	"\trecovered\x18\x03 \x01(\bR\trecovered\"u\n" +
+	"\trecovered\x18\x03 \x01(\bR\trecovered\"\x97\x01\n" +
 	"\x10UserIndexRequest\x12-\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1d.roomcast.mesh.v1.UserIndexOpR\x02op\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1e\n" +
 	"\n" +
 	"connection\x18\x03 \x01(\tR\n" +
-	"connection\",\n" +
+	"connection\x12 \n" +
+	"\fmax_per_user\x18\x04 \x01(\rR\n" +
+	"maxPerUser\",\n" +
 	"\x16UserConnectionsRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\"8\n" +
 	"\x14UserConnectionsReply\x12 \n" +
@@ -2853,13 +3153,14 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"connection\x18\x01 \x01(\tR\n" +
 	"connection\x12.\n" +
-	"\apayload\x18\x02 \x01(\v2\x14.roomcast.v1.PayloadR\apayload\"{\n" +
+	"\apayload\x18\x02 \x01(\v2\x14.roomcast.v1.PayloadR\apayload\"\x99\x01\n" +
 	"\x15KickConnectionRequest\x12\x1e\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\tR\n" +
 	"connection\x12*\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x16.roomcast.v1.CloseCodeR\x04code\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"_\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1c\n" +
+	"\treconnect\x18\x04 \x01(\bR\treconnect\"_\n" +
 	"\x15MoveConnectionRequest\x12\x1e\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\tR\n" +
@@ -2887,7 +3188,17 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\tR\x05owner\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x12!\n" +
-	"\fmap_revision\x18\x04 \x01(\x03R\vmapRevision*o\n" +
+	"\fmap_revision\x18\x04 \x01(\x03R\vmapRevision\"\x12\n" +
+	"\x10NodeStatsRequest\";\n" +
+	"\x0eNodeStatsReply\x12)\n" +
+	"\x04node\x18\x01 \x01(\v2\x15.roomcast.v1.NodeInfoR\x04node\"V\n" +
+	"\x10ListRoomsRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\tR\x05after\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"T\n" +
+	"\x0eListRoomsReply\x12.\n" +
+	"\x05rooms\x18\x01 \x03(\v2\x18.roomcast.v1.RoomSummaryR\x05rooms\x12\x12\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more*o\n" +
 	"\x10MembershipChange\x12!\n" +
 	"\x1dMEMBERSHIP_CHANGE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18MEMBERSHIP_CHANGE_JOINED\x10\x01\x12\x1a\n" +
@@ -2913,7 +3224,7 @@ func file_roomcast_mesh_v1_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_roomcast_mesh_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(MembershipChange)(0),           // 0: roomcast.mesh.v1.MembershipChange
 	(UserIndexOp)(0),                // 1: roomcast.mesh.v1.UserIndexOp
@@ -2952,14 +3263,20 @@ var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(*EventsPush)(nil),              // 34: roomcast.mesh.v1.EventsPush
 	(*Ack)(nil),                     // 35: roomcast.mesh.v1.Ack
 	(*NotOwner)(nil),                // 36: roomcast.mesh.v1.NotOwner
-	(*v1.Error)(nil),                // 37: roomcast.v1.Error
-	(*v1.RoomMessage)(nil),          // 38: roomcast.v1.RoomMessage
-	(*v1.Member)(nil),               // 39: roomcast.v1.Member
-	(*v1.Position)(nil),             // 40: roomcast.v1.Position
-	(*v1.Payload)(nil),              // 41: roomcast.v1.Payload
-	(*v1.ClientInfo)(nil),           // 42: roomcast.v1.ClientInfo
-	(v1.CloseCode)(0),               // 43: roomcast.v1.CloseCode
-	(*v1.Event)(nil),                // 44: roomcast.v1.Event
+	(*NodeStatsRequest)(nil),        // 37: roomcast.mesh.v1.NodeStatsRequest
+	(*NodeStatsReply)(nil),          // 38: roomcast.mesh.v1.NodeStatsReply
+	(*ListRoomsRequest)(nil),        // 39: roomcast.mesh.v1.ListRoomsRequest
+	(*ListRoomsReply)(nil),          // 40: roomcast.mesh.v1.ListRoomsReply
+	(*v1.Error)(nil),                // 41: roomcast.v1.Error
+	(*v1.RoomMessage)(nil),          // 42: roomcast.v1.RoomMessage
+	(*v1.Member)(nil),               // 43: roomcast.v1.Member
+	(*v1.Position)(nil),             // 44: roomcast.v1.Position
+	(*v1.Payload)(nil),              // 45: roomcast.v1.Payload
+	(*v1.ClientInfo)(nil),           // 46: roomcast.v1.ClientInfo
+	(v1.CloseCode)(0),               // 47: roomcast.v1.CloseCode
+	(*v1.Event)(nil),                // 48: roomcast.v1.Event
+	(*v1.NodeInfo)(nil),             // 49: roomcast.v1.NodeInfo
+	(*v1.RoomSummary)(nil),          // 50: roomcast.v1.RoomSummary
 }
 var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	5,  // 0: roomcast.mesh.v1.LinkRequest.batch:type_name -> roomcast.mesh.v1.Batch
@@ -2985,47 +3302,53 @@ var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	29, // 20: roomcast.mesh.v1.Envelope.move_connection:type_name -> roomcast.mesh.v1.MoveConnectionRequest
 	30, // 21: roomcast.mesh.v1.Envelope.rebuild:type_name -> roomcast.mesh.v1.RebuildRequest
 	34, // 22: roomcast.mesh.v1.Envelope.events:type_name -> roomcast.mesh.v1.EventsPush
-	35, // 23: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
-	37, // 24: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
-	36, // 25: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
-	13, // 26: roomcast.mesh.v1.Envelope.publish_reply:type_name -> roomcast.mesh.v1.PublishReply
-	15, // 27: roomcast.mesh.v1.Envelope.join_reply:type_name -> roomcast.mesh.v1.JoinReply
-	19, // 28: roomcast.mesh.v1.Envelope.presence_reply:type_name -> roomcast.mesh.v1.PresenceReply
-	21, // 29: roomcast.mesh.v1.Envelope.presence_stats_reply:type_name -> roomcast.mesh.v1.PresenceStatsReply
-	23, // 30: roomcast.mesh.v1.Envelope.history_reply:type_name -> roomcast.mesh.v1.HistoryReply
-	26, // 31: roomcast.mesh.v1.Envelope.user_connections_reply:type_name -> roomcast.mesh.v1.UserConnectionsReply
-	33, // 32: roomcast.mesh.v1.Envelope.rebuild_reply:type_name -> roomcast.mesh.v1.RebuildReply
-	4,  // 33: roomcast.mesh.v1.Hello.expected_peer:type_name -> roomcast.mesh.v1.Sender
-	38, // 34: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
-	0,  // 35: roomcast.mesh.v1.MembershipPush.change:type_name -> roomcast.mesh.v1.MembershipChange
-	39, // 36: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
-	40, // 37: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
-	41, // 38: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
-	42, // 39: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
-	40, // 40: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
-	42, // 41: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
-	40, // 42: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
-	40, // 43: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
-	38, // 44: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
-	42, // 45: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
-	39, // 46: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
-	40, // 47: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
-	38, // 48: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
-	40, // 49: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
-	1,  // 50: roomcast.mesh.v1.UserIndexRequest.op:type_name -> roomcast.mesh.v1.UserIndexOp
-	41, // 51: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
-	43, // 52: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
-	39, // 53: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
-	31, // 54: roomcast.mesh.v1.RebuildReply.rooms:type_name -> roomcast.mesh.v1.RoomMembers
-	32, // 55: roomcast.mesh.v1.RebuildReply.users:type_name -> roomcast.mesh.v1.UserConnections
-	44, // 56: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
-	2,  // 57: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
-	3,  // 58: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
-	58, // [58:59] is the sub-list for method output_type
-	57, // [57:58] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	37, // 23: roomcast.mesh.v1.Envelope.node_stats:type_name -> roomcast.mesh.v1.NodeStatsRequest
+	39, // 24: roomcast.mesh.v1.Envelope.list_rooms:type_name -> roomcast.mesh.v1.ListRoomsRequest
+	35, // 25: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
+	41, // 26: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
+	36, // 27: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
+	13, // 28: roomcast.mesh.v1.Envelope.publish_reply:type_name -> roomcast.mesh.v1.PublishReply
+	15, // 29: roomcast.mesh.v1.Envelope.join_reply:type_name -> roomcast.mesh.v1.JoinReply
+	19, // 30: roomcast.mesh.v1.Envelope.presence_reply:type_name -> roomcast.mesh.v1.PresenceReply
+	21, // 31: roomcast.mesh.v1.Envelope.presence_stats_reply:type_name -> roomcast.mesh.v1.PresenceStatsReply
+	23, // 32: roomcast.mesh.v1.Envelope.history_reply:type_name -> roomcast.mesh.v1.HistoryReply
+	26, // 33: roomcast.mesh.v1.Envelope.user_connections_reply:type_name -> roomcast.mesh.v1.UserConnectionsReply
+	33, // 34: roomcast.mesh.v1.Envelope.rebuild_reply:type_name -> roomcast.mesh.v1.RebuildReply
+	38, // 35: roomcast.mesh.v1.Envelope.node_stats_reply:type_name -> roomcast.mesh.v1.NodeStatsReply
+	40, // 36: roomcast.mesh.v1.Envelope.list_rooms_reply:type_name -> roomcast.mesh.v1.ListRoomsReply
+	4,  // 37: roomcast.mesh.v1.Hello.expected_peer:type_name -> roomcast.mesh.v1.Sender
+	42, // 38: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
+	0,  // 39: roomcast.mesh.v1.MembershipPush.change:type_name -> roomcast.mesh.v1.MembershipChange
+	43, // 40: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
+	44, // 41: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
+	45, // 42: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
+	46, // 43: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
+	44, // 44: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
+	46, // 45: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
+	44, // 46: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
+	44, // 47: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
+	42, // 48: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
+	46, // 49: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
+	43, // 50: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
+	44, // 51: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
+	42, // 52: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
+	44, // 53: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
+	1,  // 54: roomcast.mesh.v1.UserIndexRequest.op:type_name -> roomcast.mesh.v1.UserIndexOp
+	45, // 55: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
+	47, // 56: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
+	43, // 57: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
+	31, // 58: roomcast.mesh.v1.RebuildReply.rooms:type_name -> roomcast.mesh.v1.RoomMembers
+	32, // 59: roomcast.mesh.v1.RebuildReply.users:type_name -> roomcast.mesh.v1.UserConnections
+	48, // 60: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
+	49, // 61: roomcast.mesh.v1.NodeStatsReply.node:type_name -> roomcast.v1.NodeInfo
+	50, // 62: roomcast.mesh.v1.ListRoomsReply.rooms:type_name -> roomcast.v1.RoomSummary
+	2,  // 63: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
+	3,  // 64: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
+	64, // [64:65] is the sub-list for method output_type
+	63, // [63:64] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_roomcast_mesh_v1_peer_proto_init() }
@@ -3053,6 +3376,8 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 		(*Envelope_MoveConnection)(nil),
 		(*Envelope_Rebuild)(nil),
 		(*Envelope_Events)(nil),
+		(*Envelope_NodeStats)(nil),
+		(*Envelope_ListRooms)(nil),
 		(*Envelope_Ack)(nil),
 		(*Envelope_Error)(nil),
 		(*Envelope_NotOwner)(nil),
@@ -3063,6 +3388,8 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 		(*Envelope_HistoryReply)(nil),
 		(*Envelope_UserConnectionsReply)(nil),
 		(*Envelope_RebuildReply)(nil),
+		(*Envelope_NodeStatsReply)(nil),
+		(*Envelope_ListRoomsReply)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3070,7 +3397,7 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomcast_mesh_v1_peer_proto_rawDesc), len(file_roomcast_mesh_v1_peer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

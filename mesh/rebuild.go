@@ -1,0 +1,216 @@
+package mesh
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/roomcast/roomcast/fabric"
+	meshv1 "github.com/roomcast/roomcast/gen/roomcast/mesh/v1"
+	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
+)
+
+// rebuild makes this node the serving owner of shards (at epochs): it asks every live
+// node for its local members of rooms and local connections of users in those shards,
+// adds them to fresh owner state (no join events: the members were there already) and
+// then marks the shards ready. A node that does not answer within RebuildTimeout is
+// left out (its members are missing until they rejoin).
+func (c *cluster) rebuild(shards []uint32, epochs []int64) {
+	m := c.m
+	want := make(map[int]ep, len(shards))
+	for i, s := range shards {
+		want[int(s)] = ep{s: epochString(epochs[i]), n: epochs[i]}
+	}
+	replies := []*meshv1.RebuildReply{c.localState(want)}
+	ids := c.liveIDs()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RebuildTimeout)
+			defer cancel()
+			env := &meshv1.Envelope{Epoch: epochs[0], Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{Shards: shards, Epochs: epochs}}}
+			resp, err := c.links.Request(ctx, id, env)
+			if err != nil || resp.GetRebuildReply() == nil {
+				m.log.Warn("rebuild: node did not answer", "node", id, "err", err)
+				return
+			}
+			mu.Lock()
+			replies = append(replies, resp.GetRebuildReply())
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, rep := range replies {
+		for _, rm := range rep.GetRooms() {
+			e, ok := want[m.shardIndex(rm.GetRoom())]
+			if !ok {
+				continue
+			}
+			_, r, err := m.lockRoom(rm.GetRoom(), true, e)
+			if err != nil {
+				continue
+			}
+			for _, mem := range rm.GetMembers() {
+				info := infoFromWire(mem.GetInfo())
+				for _, conn := range mem.GetConnections() {
+					if old := r.members[mem.GetUser()]; old != nil && slices.Contains(old.conns, conn) {
+						continue
+					}
+					r.addConn(fabric.ClientInfo{User: mem.GetUser(), Conn: conn, Info: info})
+				}
+			}
+			r.mu.Unlock()
+		}
+		for _, uc := range rep.GetUsers() {
+			e, ok := want[m.shardIndex(uc.GetUser())]
+			if !ok {
+				continue
+			}
+			for _, conn := range uc.GetConnections() {
+				_ = m.userAddLocal(uc.GetUser(), conn, 0, e)
+			}
+		}
+	}
+	for i, e := range want {
+		// Touch the shard so its state of an earlier ownership is dropped even when
+		// nobody reported anything for it.
+		s := m.shards[i]
+		s.mu.Lock()
+		if e.n > s.epochN {
+			m.resetShardLocked(s, e.n)
+		}
+		s.mu.Unlock()
+		c.ready[i].Store(e.n)
+	}
+}
+
+// localState is this node's local members and connections in the wanted shards.
+func (c *cluster) localState(want map[int]ep) *meshv1.RebuildReply {
+	m := c.m
+	out := &meshv1.RebuildReply{}
+	keep := func(room string) bool { _, ok := want[m.shardIndex(room)]; return ok }
+	var local map[string][]fabric.ClientInfo
+	if l, ok := m.edge().(MemberLister); ok {
+		local = l.LocalMembers(keep)
+	} else {
+		local = m.ledger.snapshot(keep)
+	}
+	for room, cis := range local {
+		byUser := map[string]*pb.Member{}
+		rm := &meshv1.RoomMembers{Room: room}
+		for _, ci := range cis {
+			mem := byUser[ci.User]
+			if mem == nil {
+				mem = &pb.Member{User: ci.User, Info: infoToWire(ci.Info)}
+				byUser[ci.User] = mem
+				rm.Members = append(rm.Members, mem)
+			}
+			mem.Connections = append(mem.Connections, ci.Conn)
+		}
+		out.Rooms = append(out.Rooms, rm)
+	}
+	users := map[string]*meshv1.UserConnections{}
+	for _, cs := range m.users {
+		cs.mu.Lock()
+		for conn, user := range cs.conns {
+			if _, ok := want[m.shardIndex(user)]; !ok {
+				continue
+			}
+			uc := users[user]
+			if uc == nil {
+				uc = &meshv1.UserConnections{User: user}
+				users[user] = uc
+				out.Users = append(out.Users, uc)
+			}
+			uc.Connections = append(uc.Connections, conn)
+		}
+		cs.mu.Unlock()
+	}
+	return out
+}
+
+// serveRebuild answers a new owner's RebuildRequest once this node's map shows the
+// new ownership (bounded), so that what it reports and what it routes afterwards add
+// up at the new owner.
+func (c *cluster) serveRebuild(ctx context.Context, req *meshv1.RebuildRequest) *meshv1.Envelope {
+	want := make(map[int]ep, len(req.GetShards()))
+	var newest int64
+	for i, s := range req.GetShards() {
+		if i < len(req.GetEpochs()) {
+			want[int(s)] = ep{n: req.GetEpochs()[i]}
+			newest = max(newest, req.GetEpochs()[i])
+		}
+	}
+	deadline := time.Now().Add(c.cfg.RebuildTimeout)
+	for c.sm.Current().Revision < newest && time.Now().Before(deadline) && ctx.Err() == nil {
+		c.waitMap(ctx, c.sm.Current().Revision, 20*time.Millisecond)
+	}
+	return &meshv1.Envelope{Body: &meshv1.Envelope_RebuildReply{RebuildReply: c.localState(want)}}
+}
+
+// forgetShard drops the owner state of a shard this node no longer owns.
+func (m *Mesh) forgetShard(i int) {
+	s := m.shards[i]
+	s.mu.Lock()
+	if len(s.rooms) > 0 {
+		m.resetShardLocked(s, s.epochN)
+	}
+	s.mu.Unlock()
+	us := m.users[i]
+	us.mu.Lock()
+	if len(us.users) > 0 {
+		us.users = make(map[string][]string)
+	}
+	us.mu.Unlock()
+}
+
+// dropNode removes a dead node's connections from every room and user this node
+// owns, with leave events and member_left pushes as for ordinary leaves.
+func (m *Mesh) dropNode(name string) {
+	var batch []*room
+	for i, s := range m.shards {
+		if _, ok := m.ownEpoch(i); !ok {
+			continue
+		}
+		s.mu.Lock()
+		batch = batch[:0]
+		for _, r := range s.rooms {
+			batch = append(batch, r)
+		}
+		s.mu.Unlock()
+		for _, r := range batch {
+			r.mu.Lock()
+			if !r.dead && r.nodes[name] > 0 {
+				ns, _ := m.cfg.Namespaces.Lookup(r.name)
+				var gone []fabric.ClientInfo
+				for user, mem := range r.members {
+					for _, conn := range mem.conns {
+						if fabric.NodeOfConn(conn) == name {
+							gone = append(gone, fabric.ClientInfo{User: user, Conn: conn})
+						}
+					}
+				}
+				for _, ci := range gone {
+					_ = m.leaveLocked(s, r, ns, ci)
+				}
+			}
+			r.mu.Unlock()
+		}
+		clear(batch)
+		us := m.users[i]
+		us.mu.Lock()
+		for user, conns := range us.users {
+			conns = slices.DeleteFunc(conns, func(c string) bool { return fabric.NodeOfConn(c) == name })
+			if len(conns) == 0 {
+				delete(us.users, user)
+			} else {
+				us.users[user] = conns
+			}
+		}
+		us.mu.Unlock()
+	}
+}
