@@ -32,7 +32,10 @@ import (
 	"github.com/roomcast/roomcast/internal/testnode"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// memberlist does not wait for a probe already in flight when it shuts down.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
+}
 
 func claimsAll() jwtauth.Claims { return jwtauth.Claims{} }
 

@@ -54,6 +54,13 @@ var flagHelp = map[string]string{
 	"connect_rate":           "new WebSocket connections per second per node (over it: HTTP 503)",
 	"drain_timeout":          "time allowed on SIGTERM to move clients away and stop",
 	"shards":                 "room shards",
+	"etcd_endpoints":         "etcd endpoints; set them to run as a cluster member (empty: a standalone node that owns every room)",
+	"cluster_name":           "cluster name: the etcd prefix /roomcast/<name>/ and the gossip label",
+	"gossip_addr":            "gossip (memberlist) listen address, TCP and UDP",
+	"peer_addr":              "peer-link (mesh.v1 gRPC) listen address",
+	"join":                   "static gossip seeds (host:port); nodes also find each other through etcd",
+	"gossip_key":             "shared gossip encryption key (at least 16 characters; hashed to AES-256)",
+	"peer_secret":            "shared secret authenticating peer links (at least 16 characters)",
 	"log_level":              "debug, info, warn or error",
 	"log_format":             "text or json",
 }

@@ -9,6 +9,7 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base32"
@@ -21,14 +22,16 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/roomcast/roomcast/control"
 	"github.com/roomcast/roomcast/fabric"
@@ -64,8 +67,9 @@ type App struct {
 	clientLn, controlLn, adminLn net.Listener
 	clientSrv, adminSrv          *http.Server
 
+	etcd *clientv3.Client // cluster mode only
+
 	draining atomic.Bool
-	runOnce  sync.Once
 }
 
 // New builds a node from cfg and binds its listeners, so Addrs is valid before Run.
@@ -139,8 +143,12 @@ func (a *App) closeListeners() {
 
 func (a *App) build() error {
 	cfg := a.cfg
-	var err error
+	cluster, err := a.clusterConfig()
+	if err != nil {
+		return err
+	}
 	a.mesh, err = mesh.New(mesh.Config{
+		Cluster:     cluster,
 		Node:        cfg.Name,
 		Namespaces:  a.namespaces,
 		Shards:      cfg.Shards,
@@ -151,6 +159,7 @@ func (a *App) build() error {
 		Registerer:  a.reg,
 	})
 	if err != nil {
+		a.closeEtcd()
 		return fmt.Errorf("mesh: %w", err)
 	}
 	mode, err := transportMode(cfg.Transport)
@@ -282,6 +291,7 @@ func (a *App) shutdown() {
 	_ = a.clientSrv.Shutdown(dctx)
 	_ = a.node.Close()
 	_ = a.mesh.Close()
+	a.closeEtcd()
 	_ = a.adminSrv.Shutdown(dctx)
 	a.closeListeners()
 	a.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
@@ -491,4 +501,42 @@ func (a *App) Reload(cfg Config) error {
 	}
 	a.log.Info("configuration reloaded", "namespaces", len(nsList), "jwt_keys", len(jc.Keys))
 	return nil
+}
+
+// clusterConfig builds the mesh's cluster settings, or nil for a standalone node.
+func (a *App) clusterConfig() (*mesh.ClusterConfig, error) {
+	cfg := a.cfg
+	if len(cfg.EtcdEndpoints) == 0 {
+		return nil, nil
+	}
+	host, port, err := net.SplitHostPort(cfg.GossipAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address %q: %w", cfg.GossipAddr, err)
+	}
+	gport, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, fmt.Errorf("gossip port %q: %w", port, err)
+	}
+	a.etcd, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("etcd: %w", err)
+	}
+	key := sha256.Sum256([]byte(cfg.GossipKey))
+	return &mesh.ClusterConfig{
+		Etcd:        a.etcd,
+		Name:        cfg.ClusterName,
+		GossipAddr:  host,
+		GossipPort:  gport,
+		GossipKeys:  [][]byte{key[:]},
+		Seeds:       cfg.Join,
+		PeerAddr:    cfg.PeerAddr,
+		PeerSecrets: [][]byte{[]byte(cfg.PeerSecret)},
+	}, nil
+}
+
+func (a *App) closeEtcd() {
+	if a.etcd != nil {
+		_ = a.etcd.Close()
+		a.etcd = nil
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -68,6 +69,15 @@ type Config struct {
 	DrainTimeout     time.Duration `yaml:"drain_timeout"`
 	Shards           int           `yaml:"shards"`
 
+	// Cluster mode: set etcd_endpoints to join a cluster; empty runs a standalone node.
+	EtcdEndpoints []string `yaml:"etcd_endpoints"`
+	ClusterName   string   `yaml:"cluster_name"`
+	GossipAddr    string   `yaml:"gossip_addr"`
+	PeerAddr      string   `yaml:"peer_addr"`
+	Join          []string `yaml:"join"`
+	GossipKey     string   `yaml:"gossip_key"`
+	PeerSecret    string   `yaml:"peer_secret"`
+
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
 
@@ -109,6 +119,9 @@ func Defaults() Config {
 		ConnectRate:       1000,
 		DrainTimeout:      10 * time.Second,
 		Shards:            256,
+		ClusterName:       "default",
+		GossipAddr:        ":7946",
+		PeerAddr:          ":7947",
 		LogLevel:          "info",
 		LogFormat:         "text",
 	}
@@ -182,6 +195,14 @@ func (c *Config) Validate() error {
 	}
 	if !c.ControlInsecure && len(c.ControlToken) == 0 && c.ControlClientCA == "" {
 		return errors.New("control API has no credentials: set --control-token, or --control-client-ca for mTLS, or --control-insecure (not for production), or run with --dev")
+	}
+	if len(c.EtcdEndpoints) > 0 {
+		if len(c.GossipKey) < 16 || len(c.PeerSecret) < 16 {
+			return errors.New("cluster mode needs --gossip-key and --peer-secret, each at least 16 characters (shared by every node)")
+		}
+		if c.ClusterName == "" || strings.ContainsAny(c.ClusterName, "/ ") {
+			return fmt.Errorf("cluster name %q must be non-empty without '/' or spaces", c.ClusterName)
+		}
 	}
 	if (c.ControlTLSCert == "") != (c.ControlTLSKey == "") {
 		return errors.New("control tls needs both --control-tls-cert and --control-tls-key")

@@ -37,9 +37,19 @@ type Options struct {
 	// history 100, client publish), "news" (history 1000, backend publish only) and ""
 	// (messages only, client publish).
 	Namespaces []fabric.Namespace
+	// Etcd, when set, makes the node a cluster member using these etcd endpoints
+	// (gossip and peer links on free 127.0.0.1 ports; nodes find each other through
+	// etcd). Start several nodes with the same endpoints to form a cluster.
+	Etcd []string
 	// Configure may change anything before the node starts.
 	Configure func(*app.Config)
 }
+
+// ClusterKey and ClusterSecret are the gossip key and peer secret of test clusters.
+const (
+	ClusterKey    = "testnode-gossip-key-0123456789"
+	ClusterSecret = "testnode-peer-secret-0123456789"
+)
 
 // DefaultNamespaces are the namespaces of a test node unless Options says otherwise.
 func DefaultNamespaces() []fabric.Namespace {
@@ -89,6 +99,12 @@ func Start(t testing.TB, opts Options) *Node {
 	}
 	cfg.DrainTimeout = 5 * time.Second
 	cfg.Shards = 16
+	if len(opts.Etcd) > 0 {
+		cfg.EtcdEndpoints = opts.Etcd
+		cfg.ClusterName = "test" // one etcd per test cluster
+		cfg.GossipAddr, cfg.PeerAddr = "127.0.0.1:0", "127.0.0.1:0"
+		cfg.GossipKey, cfg.PeerSecret = ClusterKey, ClusterSecret
+	}
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}
