@@ -20,7 +20,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	cli.AddGlobalFlags(root)
-	root.AddCommand(nodeCommand())
+	root.AddCommand(nodeCommand(), devCommand())
 	root.AddCommand(cli.Commands()...)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "roomcast:", err)

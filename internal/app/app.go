@@ -383,6 +383,9 @@ func applyDev(cfg *Config, log *slog.Logger) error {
 	if len(cfg.ControlToken) > 0 {
 		ctl = cfg.ControlToken[0]
 	}
+	if cfg.Quiet {
+		return nil
+	}
 	fmt.Fprintf(os.Stderr, `
   roomcast development mode — NOT for production
     JWT secret (HS256):  %s

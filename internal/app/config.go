@@ -81,6 +81,10 @@ type Config struct {
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
 
+	// Quiet suppresses the development-mode banner (`roomcast dev` prints one for all
+	// of its nodes).
+	Quiet bool `yaml:"-"`
+
 	// Namespaces configure rooms (config file only). Empty: the embedded defaults.
 	Namespaces []fabric.Namespace `yaml:"namespaces"`
 }

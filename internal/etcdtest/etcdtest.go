@@ -24,10 +24,8 @@ package etcdtest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"sync"
 	"testing"
@@ -35,11 +33,10 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/roomcast/roomcast/internal/embedetcd"
 	"go.uber.org/zap"
 )
-
-// readyTimeout bounds how long Start waits for the server to elect itself and serve.
-const readyTimeout = 20 * time.Second
 
 // Server is a running embedded etcd member and a client connected to it.
 type Server struct {
@@ -91,44 +88,14 @@ func start() (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	clientURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-	peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
-
-	cfg := embed.NewConfig()
-	cfg.Name = "etcdtest"
-	cfg.Dir = dir
-	cfg.ListenClientUrls = []url.URL{clientURL}
-	cfg.AdvertiseClientUrls = []url.URL{clientURL}
-	cfg.ListenPeerUrls = []url.URL{peerURL}
-	cfg.AdvertisePeerUrls = []url.URL{peerURL}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	// A test server has no use for the HTTP gateway or a metrics listener, and its
-	// logs would drown the test output.
-	cfg.EnableGRPCGateway = false
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	// Shorter ticks make the single member elect itself sooner.
-	cfg.TickMs = 10
-	cfg.ElectionMs = 100
-
-	e, err := embed.StartEtcd(cfg)
+	clientAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	e, err := embedetcd.Start("etcdtest", dir, clientAddr, fmt.Sprintf("127.0.0.1:%d", ports[1]), nil)
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start embedded etcd: %w", err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("embedded etcd failed: %w", err)
-	case <-time.After(readyTimeout):
-		e.Server.Stop()
-		e.Close()
-		os.RemoveAll(dir)
-		return nil, errors.New("embedded etcd not ready in time")
+		return nil, err
 	}
 
-	s := &Server{etcd: e, dir: dir, endpoints: []string{clientURL.Host}}
+	s := &Server{etcd: e, dir: dir, endpoints: []string{clientAddr}}
 	c, err := s.dial()
 	if err != nil {
 		s.Stop()
