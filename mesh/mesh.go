@@ -339,17 +339,23 @@ func (m *Mesh) sweepLoop() {
 	}
 }
 
+// roomsInto appends the shard's rooms to buf (taken under s.mu, so callers then lock
+// each room without holding the shard) and returns it.
+func (s *shard) roomsInto(buf []*room) []*room {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.rooms {
+		buf = append(buf, r)
+	}
+	return buf
+}
+
 // sweep expires every room's history and keys and drops rooms left empty.
 func (m *Mesh) sweep() {
 	now := m.cfg.Now()
 	var batch []*room
 	for _, s := range m.shards {
-		s.mu.Lock()
-		batch = batch[:0]
-		for _, r := range s.rooms {
-			batch = append(batch, r)
-		}
-		s.mu.Unlock()
+		batch = s.roomsInto(batch[:0])
 		for _, r := range batch {
 			r.mu.Lock()
 			if !r.dead {

@@ -176,12 +176,7 @@ func (m *Mesh) dropNode(name string) {
 		if _, ok := m.ownEpoch(i); !ok {
 			continue
 		}
-		s.mu.Lock()
-		batch = batch[:0]
-		for _, r := range s.rooms {
-			batch = append(batch, r)
-		}
-		s.mu.Unlock()
+		batch = s.roomsInto(batch[:0])
 		for _, r := range batch {
 			r.mu.Lock()
 			if !r.dead && r.nodes[name] > 0 {

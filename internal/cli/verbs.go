@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
 )
@@ -268,68 +269,69 @@ connection is an error (NotFound).`,
 }
 
 func joinCmd() *cobra.Command {
-	var t targetFlags
-	c := &cobra.Command{
-		Use:   "join ROOM (--user USER | --conn CONN)",
-		Short: "Join a user's connections, or one connection, to a room",
-		Long: `Join subscribes connections to ROOM on the server side; each is told with a
+	return membershipCmd(membershipVerb{
+		use:   "join ROOM (--user USER | --conn CONN)",
+		short: "Join a user's connections, or one connection, to a room",
+		long: `Join subscribes connections to ROOM on the server side; each is told with a
 "joined" push. It prints how many connections newly joined.`,
-		Example: `  # Put every connection of alice into a support room
+		example: `  # Put every connection of alice into a support room
   roomcast join support:ticket-981 --user alice
 
   # Join one connection
   roomcast join chat:lobby --conn n1-7f3a9c`,
-		Args: args(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			target, err := t.target()
-			if err != nil {
-				return err
-			}
-			req := &pb.JoinRoomRequest{Room: a[0], Target: target}
-			return withSession(cmd, false, func(ctx context.Context, s *session) error {
-				resp, err := pb.NewControlServiceClient(s.cc).JoinRoom(ctx, req)
-				if err != nil {
-					return err
-				}
-				if s.out.json {
-					return s.out.proto(resp)
-				}
-				return s.out.table([]string{"ROOM", "TARGET", "CONNECTIONS"}, [][]string{{req.Room, t.text(), u32(resp.GetConnections())}})
-			})
+		call: func(ctx context.Context, c pb.ControlServiceClient, room string, t *pb.Target) (proto.Message, uint32, error) {
+			resp, err := c.JoinRoom(ctx, &pb.JoinRoomRequest{Room: room, Target: t})
+			return resp, resp.GetConnections(), err
 		},
-	}
-	t.register(c.Flags())
-	return c
+	})
 }
 
 func leaveCmd() *cobra.Command {
-	var t targetFlags
-	c := &cobra.Command{
-		Use:   "leave ROOM (--user USER | --conn CONN)",
-		Short: "Remove a user's connections, or one connection, from a room",
-		Long: `Leave unsubscribes connections from ROOM; each is told with a "left" push. It
+	return membershipCmd(membershipVerb{
+		use:   "leave ROOM (--user USER | --conn CONN)",
+		short: "Remove a user's connections, or one connection, from a room",
+		long: `Leave unsubscribes connections from ROOM; each is told with a "left" push. It
 prints how many connections left.`,
-		Example: `  # Take alice out of a room on every device
+		example: `  # Take alice out of a room on every device
   roomcast leave support:ticket-981 --user alice
 
   # Remove one connection
   roomcast leave chat:lobby --conn n1-7f3a9c`,
-		Args: args(cobra.ExactArgs(1)),
+		call: func(ctx context.Context, c pb.ControlServiceClient, room string, t *pb.Target) (proto.Message, uint32, error) {
+			resp, err := c.LeaveRoom(ctx, &pb.LeaveRoomRequest{Room: room, Target: t})
+			return resp, resp.GetConnections(), err
+		},
+	})
+}
+
+// membershipVerb describes join and leave, which differ only in their words and RPC.
+type membershipVerb struct {
+	use, short, long, example string
+	call                      func(ctx context.Context, c pb.ControlServiceClient, room string, t *pb.Target) (proto.Message, uint32, error)
+}
+
+func membershipCmd(v membershipVerb) *cobra.Command {
+	var t targetFlags
+	c := &cobra.Command{
+		Use:     v.use,
+		Short:   v.short,
+		Long:    v.long,
+		Example: v.example,
+		Args:    args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			target, err := t.target()
 			if err != nil {
 				return err
 			}
-			req := &pb.LeaveRoomRequest{Room: a[0], Target: target}
 			return withSession(cmd, false, func(ctx context.Context, s *session) error {
-				resp, err := pb.NewControlServiceClient(s.cc).LeaveRoom(ctx, req)
+				resp, n, err := v.call(ctx, pb.NewControlServiceClient(s.cc), a[0], target)
 				if err != nil {
 					return err
 				}
 				if s.out.json {
 					return s.out.proto(resp)
 				}
-				return s.out.table([]string{"ROOM", "TARGET", "CONNECTIONS"}, [][]string{{req.Room, t.text(), u32(resp.GetConnections())}})
+				return s.out.table([]string{"ROOM", "TARGET", "CONNECTIONS"}, [][]string{{a[0], t.text(), u32(n)}})
 			})
 		},
 	}
