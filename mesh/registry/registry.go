@@ -67,6 +67,9 @@ type Node struct {
 	ClientAddr string `json:"client,omitempty"`
 	// Version is the roomcast version the node runs.
 	Version string `json:"version,omitempty"`
+	// Draining says the node is leaving: the shard-map leader gives its shards to the
+	// other nodes (a graceful handover) while it still serves its connections.
+	Draining bool `json:"draining,omitempty"`
 	// Lease is the etcd lease the registration is bound to (filled in when listed).
 	Lease clientv3.LeaseID `json:"-"`
 }

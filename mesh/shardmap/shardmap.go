@@ -19,6 +19,9 @@
 // from any node), which deletes its registration at once; the leader's watch sees that
 // and moves the node's shards without waiting out the lease TTL.
 //
+// Draining nodes (registry.Node.Draining) get no shards while another node is live:
+// the leader moves their shards away, which starts the graceful handover.
+//
 // # Fencing
 //
 // Lost closes when the registry session ends or the registration is revoked
@@ -482,7 +485,16 @@ func (s *ShardMap) rebalance(ctx context.Context, guard clientv3.Cmp, live []reg
 	}
 	ids := make([]string, 0, len(live))
 	for _, n := range live {
-		ids = append(ids, n.ID)
+		if !n.Draining {
+			ids = append(ids, n.ID)
+		}
+	}
+	if len(ids) == 0 {
+		// Every node is draining (the whole cluster stops): keep serving where we are
+		// rather than leave every shard without an owner.
+		for _, n := range live {
+			ids = append(ids, n.ID)
+		}
 	}
 	owners := Assign(prev.Owners, ids, s.cfg.Shards)
 	moved := Moved(prev.Owners, owners)
