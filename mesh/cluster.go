@@ -100,6 +100,11 @@ type cluster struct {
 	addrs   map[string]string // gossip ID -> peer address
 	mapWait chan struct{}     // closed and replaced whenever a new map was applied
 
+	// hoMu guards handoffs: owner state of shards that moved away, kept for their
+	// next owner (see handover.go).
+	hoMu     sync.Mutex
+	handoffs map[int]*handoff
+
 	// evMu guards the event outbox (a leaf lock; taken under room locks).
 	evMu      sync.Mutex
 	evQueue   []*pb.Event
@@ -138,7 +143,7 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 	c := &cluster{
 		m: m, cfg: cfg, id: peer.ID(m.cfg.Node, cfg.Incarnation),
 		ready: make([]atomic.Int64, len(m.shards)),
-		ids:   map[string]string{}, addrs: map[string]string{},
+		ids:   map[string]string{}, addrs: map[string]string{}, handoffs: map[int]*handoff{},
 		mapWait: make(chan struct{}), evNotify: make(chan struct{}, 1),
 		ctx: ctx, cancel: cancel,
 	}
@@ -184,7 +189,7 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	if err := c.reg.Update(sctx, registry.Node{ID: c.id, GossipAddr: c.ml.Addr(), PeerAddr: peerAddr, ClientAddr: m.cfg.ClientAddr, ControlAddr: m.cfg.ControlAddr, Version: m.cfg.Version}); err != nil {
+	if err := c.reg.Update(sctx, c.regNode()); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	c.noteMember(c.ml.Local())
@@ -390,8 +395,11 @@ func (c *cluster) apply(mp *shardmap.Map) {
 			}
 			continue
 		}
-		c.ready[i].Store(0)
-		c.m.forgetShard(i)
+		if c.ready[i].Swap(0) != 0 && owner != "" {
+			c.stashShard(i, epoch) // served here until now: keep it for the next owner
+		} else {
+			c.m.forgetShard(i)
+		}
 	}
 	c.mu.Lock()
 	close(c.mapWait)

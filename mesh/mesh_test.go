@@ -170,6 +170,7 @@ var testNamespaces = []fabric.Namespace{
 	{Name: "plain"},
 	{Name: "hist", HistorySize: 3},
 	{Name: "small", Presence: true, MaxMembers: 2},
+	{Name: "log", Presence: true, HistorySize: 1000, HistoryTTL: time.Hour, IdempotencyWindow: time.Minute},
 }
 
 type testEnv struct {

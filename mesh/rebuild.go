@@ -13,9 +13,11 @@ import (
 
 // rebuild makes this node the serving owner of shards (at epochs): it asks every live
 // node for its local members of rooms and local connections of users in those shards,
-// adds them to fresh owner state (no join events: the members were there already) and
-// then marks the shards ready. A node that does not answer within RebuildTimeout is
-// left out (its members are missing until they rejoin).
+// and for the owner state it kept of them if it served them until now (a graceful
+// handover); installs the newest handed-over state, adds the members to it (no join
+// events: the members were there already) and then marks the shards ready. A node
+// that does not answer within RebuildTimeout is left out (its members are missing
+// until they rejoin, and a handoff it held is lost as in a crash).
 func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 	m := c.m
 	want := make(map[int]ep, len(shards))
@@ -32,18 +34,31 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RebuildTimeout)
 			defer cancel()
-			env := &meshv1.Envelope{Epoch: epochs[0], Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{Shards: shards, Epochs: epochs}}}
-			resp, err := c.links.Request(ctx, id, env)
-			if err != nil || resp.GetRebuildReply() == nil {
-				m.log.Warn("rebuild: node did not answer", "node", id, "err", err)
-				return
+			// A few shards per request: a reply may carry their whole history.
+			for lo := 0; lo < len(shards); lo += rebuildChunk {
+				hi := min(lo+rebuildChunk, len(shards))
+				env := &meshv1.Envelope{Epoch: epochs[lo], Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{Shards: shards[lo:hi], Epochs: epochs[lo:hi]}}}
+				resp, err := c.links.Request(ctx, id, env)
+				if err != nil || resp.GetRebuildReply() == nil {
+					m.log.Warn("rebuild: node did not answer", "node", id, "err", err)
+					return
+				}
+				mu.Lock()
+				replies = append(replies, resp.GetRebuildReply())
+				mu.Unlock()
 			}
-			mu.Lock()
-			replies = append(replies, resp.GetRebuildReply())
-			mu.Unlock()
 		}()
 	}
 	wg.Wait()
+	handed := newestHandoffs(replies, want)
+	for i, ho := range handed {
+		c.install(ho, want[i])
+	}
+	c.hoMu.Lock()
+	for i := range want {
+		delete(c.handoffs, i) // this node owns them now; an older handoff of its own is stale
+	}
+	c.hoMu.Unlock()
 	for _, rep := range replies {
 		for _, rm := range rep.GetRooms() {
 			e, ok := want[m.shardIndex(rm.GetRoom())]
@@ -91,7 +106,7 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 // localState is this node's local members and connections in the wanted shards.
 func (c *cluster) localState(want map[int]ep) *meshv1.RebuildReply {
 	m := c.m
-	out := &meshv1.RebuildReply{}
+	out := &meshv1.RebuildReply{Handovers: c.handoffsFor(want)}
 	keep := func(room string) bool { _, ok := want[m.shardIndex(room)]; return ok }
 	var local map[string][]fabric.ClientInfo
 	if l, ok := m.edge().(MemberLister); ok {

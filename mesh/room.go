@@ -30,6 +30,9 @@ type room struct {
 	// nodes counts the room's connections per node name: the nodes that must get its
 	// deliveries and membership pushes (cluster mode).
 	nodes map[string]int
+	// lineage lists the earlier epochs of the room's stream, oldest first, when its
+	// shard was handed over between live owners (see handover.go).
+	lineage []epochSpan
 }
 
 // member is one user present in a room.
@@ -347,7 +350,7 @@ func (r *room) addConn(ci fabric.ClientInfo) bool {
 // recover returns the retained messages after from when every one of them is still
 // retained. Expired messages must already be dropped.
 func (r *room) recover(from fabric.Position, epoch string) ([]*fabric.Message, bool) {
-	if from.Epoch != epoch || from.Offset > r.offset {
+	if !r.onStream(from, epoch) {
 		return nil, false
 	}
 	if from.Offset == r.offset {
@@ -358,6 +361,9 @@ func (r *room) recover(from fabric.Position, epoch string) ([]*fabric.Message, b
 		return nil, false
 	}
 	i := int(from.Offset + 1 - first)
+	if i > 0 && r.hist.at(i-1).Pos.Epoch != from.Epoch {
+		return nil, false // the same offset under another epoch: not this stream
+	}
 	out := make([]*fabric.Message, 0, r.hist.len()-i)
 	for ; i < r.hist.len(); i++ {
 		out = append(out, r.hist.at(i))
@@ -478,9 +484,6 @@ func (m *Mesh) historyLocal(ctx context.Context, roomName string, q fabric.Histo
 	if since != nil && since.IsZero() {
 		since = nil
 	}
-	if since != nil && since.Epoch != e.s {
-		return fabric.History{}, fabric.Errorf(fabric.CodeBadRequest, "position of another epoch")
-	}
 	limit := q.Limit
 	if limit <= 0 || limit > m.cfg.HistoryLimit {
 		limit = m.cfg.HistoryLimit
@@ -490,9 +493,15 @@ func (m *Mesh) historyLocal(ctx context.Context, roomName string, q fabric.Histo
 		return fabric.History{}, err
 	}
 	if r == nil {
+		if since != nil && since.Epoch != e.s {
+			return fabric.History{}, fabric.Errorf(fabric.CodeBadRequest, "position of another epoch")
+		}
 		return fabric.History{Messages: []*fabric.Message{}, Pos: fabric.Position{Epoch: e.s}}, nil
 	}
 	defer r.mu.Unlock()
+	if since != nil && !r.onStream(*since, e.s) {
+		return fabric.History{}, fabric.Errorf(fabric.CodeBadRequest, "position of another epoch")
+	}
 	r.expire(m, ns, m.cfg.Now())
 	h := fabric.History{Pos: fabric.Position{Epoch: e.s, Offset: r.offset}}
 	lo, hi := 0, r.hist.len() // the selectable range [lo, hi)

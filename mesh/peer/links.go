@@ -350,12 +350,18 @@ func (l *Links) emit(ev Event) {
 // Links; register it with meshv1.RegisterPeerServiceServer (or Register).
 func (l *Links) Server() *Server { return &Server{l: l} }
 
+// MaxMessageBytes bounds one batch on a link, both ways. gRPC's 4 MiB default is too
+// small for a shard handover (history of many rooms in one envelope); callers still
+// split large transfers (a rebuild asks for a few shards at a time).
+const MaxMessageBytes = 64 << 20
+
 // ServerOptions returns the gRPC server options the peer port should use: keepalive
 // enforcement that accepts the dialers' pings (without it the server answers them
 // with GOAWAY "too_many_pings" and links break), and the listener's own keepalive
 // pings every second, so a listener notices a silently dead dialer quickly too.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Second, Timeout: 3 * time.Second}),
 	}
@@ -653,6 +659,7 @@ func (l *Links) maintain(r *remote) {
 				}
 				opts := append([]grpc.DialOption{
 					grpc.WithTransportCredentials(insecure.NewCredentials()),
+					grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 					grpc.WithKeepaliveParams(keepalive.ClientParameters{
 						Time: l.cfg.KeepaliveTime, Timeout: l.cfg.KeepaliveTimeout, PermitWithoutStream: true,
 					}),

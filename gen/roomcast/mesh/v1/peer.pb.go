@@ -2592,7 +2592,11 @@ type RebuildReply struct {
 	// Local members of rooms in the requested shards.
 	Rooms []*RoomMembers `protobuf:"bytes,1,rep,name=rooms,proto3" json:"rooms,omitempty"`
 	// Local connections of users in the requested shards.
-	Users         []*UserConnections `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"`
+	Users []*UserConnections `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"`
+	// Owner state of requested shards this node served until the new map took them
+	// away (graceful handover: drain or rebalance between live nodes). Empty when the
+	// node did not serve them, and after a crash of their previous owner.
+	Handovers     []*ShardHandover `protobuf:"bytes,3,rep,name=handovers,proto3" json:"handovers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2641,6 +2645,293 @@ func (x *RebuildReply) GetUsers() []*UserConnections {
 	return nil
 }
 
+func (x *RebuildReply) GetHandovers() []*ShardHandover {
+	if x != nil {
+		return x.Handovers
+	}
+	return nil
+}
+
+// ShardHandover is the owner state of one shard, kept by its previous owner after the
+// shard moved away so that the next owner continues it: offsets go on from where the
+// previous owner stopped, history stays recoverable, idempotency keys stay effective.
+type ShardHandover struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shard.
+	Shard uint32 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The epoch at which the sender served the shard. When several nodes hand over the
+	// same shard, the newest epoch wins.
+	Epoch int64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The shard's rooms that held state (history, idempotency keys, offsets).
+	Rooms []*RoomState `protobuf:"bytes,3,rep,name=rooms,proto3" json:"rooms,omitempty"`
+	// The highest offset of the shard's dropped rooms (a room created again starts after
+	// it, so offsets never repeat along the room's stream).
+	Floor         uint64 `protobuf:"varint,4,opt,name=floor,proto3" json:"floor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardHandover) Reset() {
+	*x = ShardHandover{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardHandover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardHandover) ProtoMessage() {}
+
+func (x *ShardHandover) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardHandover.ProtoReflect.Descriptor instead.
+func (*ShardHandover) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ShardHandover) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *ShardHandover) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ShardHandover) GetRooms() []*RoomState {
+	if x != nil {
+		return x.Rooms
+	}
+	return nil
+}
+
+func (x *ShardHandover) GetFloor() uint64 {
+	if x != nil {
+		return x.Floor
+	}
+	return 0
+}
+
+// RoomState is the owner state of one room in a handover. Members are not part of it:
+// the new owner rebuilds them from every node's local connections.
+type RoomState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The room.
+	Room string `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	// The room's last offset.
+	Offset uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Retained messages, oldest first, with their original positions.
+	History []*v1.RoomMessage `protobuf:"bytes,3,rep,name=history,proto3" json:"history,omitempty"`
+	// Publish idempotency keys still remembered.
+	Keys []*IdempotencyKey `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
+	// The earlier epochs of the room's stream, oldest first. A position of one of them
+	// is still a position of the stream: recovery from it keeps working.
+	Lineage       []*EpochSpan `protobuf:"bytes,5,rep,name=lineage,proto3" json:"lineage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomState) Reset() {
+	*x = RoomState{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomState) ProtoMessage() {}
+
+func (x *RoomState) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomState.ProtoReflect.Descriptor instead.
+func (*RoomState) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RoomState) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *RoomState) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *RoomState) GetHistory() []*v1.RoomMessage {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *RoomState) GetKeys() []*IdempotencyKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *RoomState) GetLineage() []*EpochSpan {
+	if x != nil {
+		return x.Lineage
+	}
+	return nil
+}
+
+// EpochSpan is one earlier ownership of a room's stream.
+type EpochSpan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The epoch, as it appears in positions.
+	Epoch string `protobuf:"bytes,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The last offset assigned under that epoch.
+	LastOffset    uint64 `protobuf:"varint,2,opt,name=last_offset,json=lastOffset,proto3" json:"last_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpochSpan) Reset() {
+	*x = EpochSpan{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpochSpan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpochSpan) ProtoMessage() {}
+
+func (x *EpochSpan) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpochSpan.ProtoReflect.Descriptor instead.
+func (*EpochSpan) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *EpochSpan) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
+func (x *EpochSpan) GetLastOffset() uint64 {
+	if x != nil {
+		return x.LastOffset
+	}
+	return 0
+}
+
+// IdempotencyKey is a remembered publish idempotency key.
+type IdempotencyKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The position the original publish got.
+	Position *v1.Position `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"`
+	// When the key is forgotten, in Unix nanoseconds.
+	ExpiresUnixNano int64 `protobuf:"varint,3,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *IdempotencyKey) Reset() {
+	*x = IdempotencyKey{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdempotencyKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdempotencyKey) ProtoMessage() {}
+
+func (x *IdempotencyKey) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdempotencyKey.ProtoReflect.Descriptor instead.
+func (*IdempotencyKey) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *IdempotencyKey) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *IdempotencyKey) GetPosition() *v1.Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *IdempotencyKey) GetExpiresUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresUnixNano
+	}
+	return 0
+}
+
 // EventsPush carries events to a node with StreamEvents subscribers.
 type EventsPush struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2655,7 +2946,7 @@ type EventsPush struct {
 
 func (x *EventsPush) Reset() {
 	*x = EventsPush{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2667,7 +2958,7 @@ func (x *EventsPush) String() string {
 func (*EventsPush) ProtoMessage() {}
 
 func (x *EventsPush) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2680,7 +2971,7 @@ func (x *EventsPush) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsPush.ProtoReflect.Descriptor instead.
 func (*EventsPush) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{32}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *EventsPush) GetEvents() []*v1.Event {
@@ -2706,7 +2997,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2718,7 +3009,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2731,7 +3022,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{33}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{37}
 }
 
 // NotOwner refuses an operation for a shard the receiver does not own at the given
@@ -2752,7 +3043,7 @@ type NotOwner struct {
 
 func (x *NotOwner) Reset() {
 	*x = NotOwner{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2764,7 +3055,7 @@ func (x *NotOwner) String() string {
 func (*NotOwner) ProtoMessage() {}
 
 func (x *NotOwner) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2777,7 +3068,7 @@ func (x *NotOwner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotOwner.ProtoReflect.Descriptor instead.
 func (*NotOwner) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{34}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NotOwner) GetShard() uint32 {
@@ -2817,7 +3108,7 @@ type NodeStatsRequest struct {
 
 func (x *NodeStatsRequest) Reset() {
 	*x = NodeStatsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2829,7 +3120,7 @@ func (x *NodeStatsRequest) String() string {
 func (*NodeStatsRequest) ProtoMessage() {}
 
 func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2842,7 +3133,7 @@ func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{35}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{39}
 }
 
 // NodeStatsReply describes the receiving node.
@@ -2856,7 +3147,7 @@ type NodeStatsReply struct {
 
 func (x *NodeStatsReply) Reset() {
 	*x = NodeStatsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +3159,7 @@ func (x *NodeStatsReply) String() string {
 func (*NodeStatsReply) ProtoMessage() {}
 
 func (x *NodeStatsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +3172,7 @@ func (x *NodeStatsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsReply.ProtoReflect.Descriptor instead.
 func (*NodeStatsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{36}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NodeStatsReply) GetNode() *v1.NodeInfo {
@@ -2907,7 +3198,7 @@ type ListRoomsRequest struct {
 
 func (x *ListRoomsRequest) Reset() {
 	*x = ListRoomsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2919,7 +3210,7 @@ func (x *ListRoomsRequest) String() string {
 func (*ListRoomsRequest) ProtoMessage() {}
 
 func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2932,7 +3223,7 @@ func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsRequest.ProtoReflect.Descriptor instead.
 func (*ListRoomsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{37}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListRoomsRequest) GetPrefix() string {
@@ -2969,7 +3260,7 @@ type ListRoomsReply struct {
 
 func (x *ListRoomsReply) Reset() {
 	*x = ListRoomsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2981,7 +3272,7 @@ func (x *ListRoomsReply) String() string {
 func (*ListRoomsReply) ProtoMessage() {}
 
 func (x *ListRoomsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2994,7 +3285,7 @@ func (x *ListRoomsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsReply.ProtoReflect.Descriptor instead.
 func (*ListRoomsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{38}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListRoomsReply) GetRooms() []*v1.RoomSummary {
@@ -3175,10 +3466,30 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\amembers\x18\x02 \x03(\v2\x13.roomcast.v1.MemberR\amembers\"G\n" +
 	"\x0fUserConnections\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12 \n" +
-	"\vconnections\x18\x02 \x03(\tR\vconnections\"|\n" +
+	"\vconnections\x18\x02 \x03(\tR\vconnections\"\xbb\x01\n" +
 	"\fRebuildReply\x123\n" +
 	"\x05rooms\x18\x01 \x03(\v2\x1d.roomcast.mesh.v1.RoomMembersR\x05rooms\x127\n" +
-	"\x05users\x18\x02 \x03(\v2!.roomcast.mesh.v1.UserConnectionsR\x05users\"N\n" +
+	"\x05users\x18\x02 \x03(\v2!.roomcast.mesh.v1.UserConnectionsR\x05users\x12=\n" +
+	"\thandovers\x18\x03 \x03(\v2\x1f.roomcast.mesh.v1.ShardHandoverR\thandovers\"\x84\x01\n" +
+	"\rShardHandover\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x121\n" +
+	"\x05rooms\x18\x03 \x03(\v2\x1b.roomcast.mesh.v1.RoomStateR\x05rooms\x12\x14\n" +
+	"\x05floor\x18\x04 \x01(\x04R\x05floor\"\xd8\x01\n" +
+	"\tRoomState\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x122\n" +
+	"\ahistory\x18\x03 \x03(\v2\x18.roomcast.v1.RoomMessageR\ahistory\x124\n" +
+	"\x04keys\x18\x04 \x03(\v2 .roomcast.mesh.v1.IdempotencyKeyR\x04keys\x125\n" +
+	"\alineage\x18\x05 \x03(\v2\x1b.roomcast.mesh.v1.EpochSpanR\alineage\"B\n" +
+	"\tEpochSpan\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\tR\x05epoch\x12\x1f\n" +
+	"\vlast_offset\x18\x02 \x01(\x04R\n" +
+	"lastOffset\"\x81\x01\n" +
+	"\x0eIdempotencyKey\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x121\n" +
+	"\bposition\x18\x02 \x01(\v2\x15.roomcast.v1.PositionR\bposition\x12*\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"N\n" +
 	"\n" +
 	"EventsPush\x12*\n" +
 	"\x06events\x18\x01 \x03(\v2\x12.roomcast.v1.EventR\x06events\x12\x14\n" +
@@ -3224,7 +3535,7 @@ func file_roomcast_mesh_v1_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_roomcast_mesh_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(MembershipChange)(0),           // 0: roomcast.mesh.v1.MembershipChange
 	(UserIndexOp)(0),                // 1: roomcast.mesh.v1.UserIndexOp
@@ -3260,23 +3571,27 @@ var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(*RoomMembers)(nil),             // 31: roomcast.mesh.v1.RoomMembers
 	(*UserConnections)(nil),         // 32: roomcast.mesh.v1.UserConnections
 	(*RebuildReply)(nil),            // 33: roomcast.mesh.v1.RebuildReply
-	(*EventsPush)(nil),              // 34: roomcast.mesh.v1.EventsPush
-	(*Ack)(nil),                     // 35: roomcast.mesh.v1.Ack
-	(*NotOwner)(nil),                // 36: roomcast.mesh.v1.NotOwner
-	(*NodeStatsRequest)(nil),        // 37: roomcast.mesh.v1.NodeStatsRequest
-	(*NodeStatsReply)(nil),          // 38: roomcast.mesh.v1.NodeStatsReply
-	(*ListRoomsRequest)(nil),        // 39: roomcast.mesh.v1.ListRoomsRequest
-	(*ListRoomsReply)(nil),          // 40: roomcast.mesh.v1.ListRoomsReply
-	(*v1.Error)(nil),                // 41: roomcast.v1.Error
-	(*v1.RoomMessage)(nil),          // 42: roomcast.v1.RoomMessage
-	(*v1.Member)(nil),               // 43: roomcast.v1.Member
-	(*v1.Position)(nil),             // 44: roomcast.v1.Position
-	(*v1.Payload)(nil),              // 45: roomcast.v1.Payload
-	(*v1.ClientInfo)(nil),           // 46: roomcast.v1.ClientInfo
-	(v1.CloseCode)(0),               // 47: roomcast.v1.CloseCode
-	(*v1.Event)(nil),                // 48: roomcast.v1.Event
-	(*v1.NodeInfo)(nil),             // 49: roomcast.v1.NodeInfo
-	(*v1.RoomSummary)(nil),          // 50: roomcast.v1.RoomSummary
+	(*ShardHandover)(nil),           // 34: roomcast.mesh.v1.ShardHandover
+	(*RoomState)(nil),               // 35: roomcast.mesh.v1.RoomState
+	(*EpochSpan)(nil),               // 36: roomcast.mesh.v1.EpochSpan
+	(*IdempotencyKey)(nil),          // 37: roomcast.mesh.v1.IdempotencyKey
+	(*EventsPush)(nil),              // 38: roomcast.mesh.v1.EventsPush
+	(*Ack)(nil),                     // 39: roomcast.mesh.v1.Ack
+	(*NotOwner)(nil),                // 40: roomcast.mesh.v1.NotOwner
+	(*NodeStatsRequest)(nil),        // 41: roomcast.mesh.v1.NodeStatsRequest
+	(*NodeStatsReply)(nil),          // 42: roomcast.mesh.v1.NodeStatsReply
+	(*ListRoomsRequest)(nil),        // 43: roomcast.mesh.v1.ListRoomsRequest
+	(*ListRoomsReply)(nil),          // 44: roomcast.mesh.v1.ListRoomsReply
+	(*v1.Error)(nil),                // 45: roomcast.v1.Error
+	(*v1.RoomMessage)(nil),          // 46: roomcast.v1.RoomMessage
+	(*v1.Member)(nil),               // 47: roomcast.v1.Member
+	(*v1.Position)(nil),             // 48: roomcast.v1.Position
+	(*v1.Payload)(nil),              // 49: roomcast.v1.Payload
+	(*v1.ClientInfo)(nil),           // 50: roomcast.v1.ClientInfo
+	(v1.CloseCode)(0),               // 51: roomcast.v1.CloseCode
+	(*v1.Event)(nil),                // 52: roomcast.v1.Event
+	(*v1.NodeInfo)(nil),             // 53: roomcast.v1.NodeInfo
+	(*v1.RoomSummary)(nil),          // 54: roomcast.v1.RoomSummary
 }
 var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	5,  // 0: roomcast.mesh.v1.LinkRequest.batch:type_name -> roomcast.mesh.v1.Batch
@@ -3301,12 +3616,12 @@ var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	28, // 19: roomcast.mesh.v1.Envelope.kick_connection:type_name -> roomcast.mesh.v1.KickConnectionRequest
 	29, // 20: roomcast.mesh.v1.Envelope.move_connection:type_name -> roomcast.mesh.v1.MoveConnectionRequest
 	30, // 21: roomcast.mesh.v1.Envelope.rebuild:type_name -> roomcast.mesh.v1.RebuildRequest
-	34, // 22: roomcast.mesh.v1.Envelope.events:type_name -> roomcast.mesh.v1.EventsPush
-	37, // 23: roomcast.mesh.v1.Envelope.node_stats:type_name -> roomcast.mesh.v1.NodeStatsRequest
-	39, // 24: roomcast.mesh.v1.Envelope.list_rooms:type_name -> roomcast.mesh.v1.ListRoomsRequest
-	35, // 25: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
-	41, // 26: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
-	36, // 27: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
+	38, // 22: roomcast.mesh.v1.Envelope.events:type_name -> roomcast.mesh.v1.EventsPush
+	41, // 23: roomcast.mesh.v1.Envelope.node_stats:type_name -> roomcast.mesh.v1.NodeStatsRequest
+	43, // 24: roomcast.mesh.v1.Envelope.list_rooms:type_name -> roomcast.mesh.v1.ListRoomsRequest
+	39, // 25: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
+	45, // 26: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
+	40, // 27: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
 	13, // 28: roomcast.mesh.v1.Envelope.publish_reply:type_name -> roomcast.mesh.v1.PublishReply
 	15, // 29: roomcast.mesh.v1.Envelope.join_reply:type_name -> roomcast.mesh.v1.JoinReply
 	19, // 30: roomcast.mesh.v1.Envelope.presence_reply:type_name -> roomcast.mesh.v1.PresenceReply
@@ -3314,41 +3629,47 @@ var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	23, // 32: roomcast.mesh.v1.Envelope.history_reply:type_name -> roomcast.mesh.v1.HistoryReply
 	26, // 33: roomcast.mesh.v1.Envelope.user_connections_reply:type_name -> roomcast.mesh.v1.UserConnectionsReply
 	33, // 34: roomcast.mesh.v1.Envelope.rebuild_reply:type_name -> roomcast.mesh.v1.RebuildReply
-	38, // 35: roomcast.mesh.v1.Envelope.node_stats_reply:type_name -> roomcast.mesh.v1.NodeStatsReply
-	40, // 36: roomcast.mesh.v1.Envelope.list_rooms_reply:type_name -> roomcast.mesh.v1.ListRoomsReply
+	42, // 35: roomcast.mesh.v1.Envelope.node_stats_reply:type_name -> roomcast.mesh.v1.NodeStatsReply
+	44, // 36: roomcast.mesh.v1.Envelope.list_rooms_reply:type_name -> roomcast.mesh.v1.ListRoomsReply
 	4,  // 37: roomcast.mesh.v1.Hello.expected_peer:type_name -> roomcast.mesh.v1.Sender
-	42, // 38: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
+	46, // 38: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
 	0,  // 39: roomcast.mesh.v1.MembershipPush.change:type_name -> roomcast.mesh.v1.MembershipChange
-	43, // 40: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
-	44, // 41: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
-	45, // 42: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
-	46, // 43: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
-	44, // 44: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
-	46, // 45: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
-	44, // 46: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
-	44, // 47: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
-	42, // 48: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
-	46, // 49: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
-	43, // 50: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
-	44, // 51: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
-	42, // 52: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
-	44, // 53: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
+	47, // 40: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
+	48, // 41: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
+	49, // 42: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
+	50, // 43: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
+	48, // 44: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
+	50, // 45: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
+	48, // 46: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
+	48, // 47: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
+	46, // 48: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
+	50, // 49: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
+	47, // 50: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
+	48, // 51: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
+	46, // 52: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
+	48, // 53: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
 	1,  // 54: roomcast.mesh.v1.UserIndexRequest.op:type_name -> roomcast.mesh.v1.UserIndexOp
-	45, // 55: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
-	47, // 56: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
-	43, // 57: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
+	49, // 55: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
+	51, // 56: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
+	47, // 57: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
 	31, // 58: roomcast.mesh.v1.RebuildReply.rooms:type_name -> roomcast.mesh.v1.RoomMembers
 	32, // 59: roomcast.mesh.v1.RebuildReply.users:type_name -> roomcast.mesh.v1.UserConnections
-	48, // 60: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
-	49, // 61: roomcast.mesh.v1.NodeStatsReply.node:type_name -> roomcast.v1.NodeInfo
-	50, // 62: roomcast.mesh.v1.ListRoomsReply.rooms:type_name -> roomcast.v1.RoomSummary
-	2,  // 63: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
-	3,  // 64: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
-	64, // [64:65] is the sub-list for method output_type
-	63, // [63:64] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	34, // 60: roomcast.mesh.v1.RebuildReply.handovers:type_name -> roomcast.mesh.v1.ShardHandover
+	35, // 61: roomcast.mesh.v1.ShardHandover.rooms:type_name -> roomcast.mesh.v1.RoomState
+	46, // 62: roomcast.mesh.v1.RoomState.history:type_name -> roomcast.v1.RoomMessage
+	37, // 63: roomcast.mesh.v1.RoomState.keys:type_name -> roomcast.mesh.v1.IdempotencyKey
+	36, // 64: roomcast.mesh.v1.RoomState.lineage:type_name -> roomcast.mesh.v1.EpochSpan
+	48, // 65: roomcast.mesh.v1.IdempotencyKey.position:type_name -> roomcast.v1.Position
+	52, // 66: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
+	53, // 67: roomcast.mesh.v1.NodeStatsReply.node:type_name -> roomcast.v1.NodeInfo
+	54, // 68: roomcast.mesh.v1.ListRoomsReply.rooms:type_name -> roomcast.v1.RoomSummary
+	2,  // 69: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
+	3,  // 70: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
+	70, // [70:71] is the sub-list for method output_type
+	69, // [69:70] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_roomcast_mesh_v1_peer_proto_init() }
@@ -3397,7 +3718,7 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomcast_mesh_v1_peer_proto_rawDesc), len(file_roomcast_mesh_v1_peer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   39,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
