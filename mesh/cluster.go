@@ -84,12 +84,18 @@ type cluster struct {
 	cfg ClusterConfig
 	id  string // gossip ID, "<name>.<incarnation>"
 
-	reg   *registry.Registry
 	ml    *gossip.Membership
 	links *peer.Links
 	lis   net.Listener
 	srv   *grpc.Server
-	sm    *shardmap.ShardMap
+
+	// co is the node's etcd standing: its registration and the shard map bound to it.
+	// Replaced (under coMu) when the node re-registers after being fenced.
+	co       atomic.Pointer[coord]
+	coMu     sync.Mutex
+	stopping bool
+	// draining is set by HandOver: a re-registration keeps the node draining.
+	draining atomic.Bool
 
 	// ready holds, per shard, the epoch whose rebuild finished: the node serves a
 	// shard only at the epoch of the map and once its state is rebuilt.
@@ -165,10 +171,11 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 	regDone := make(chan struct{})
 	go func() {
 		defer close(regDone)
-		c.reg, err = registry.New(ctx, registry.Config{
-			Client: cfg.Etcd, Cluster: cfg.Name, TTL: cfg.LeaseTTL, Logger: m.cfg.Logger,
-			Node: registry.Node{ID: c.id, PeerAddr: peerAddr, ClientAddr: m.cfg.ClientAddr, ControlAddr: m.cfg.ControlAddr, Version: m.cfg.Version},
-		})
+		var reg *registry.Registry
+		reg, err = registry.New(ctx, c.regConfig(registry.Node{ID: c.id, PeerAddr: peerAddr, ClientAddr: m.cfg.ClientAddr, ControlAddr: m.cfg.ControlAddr, Version: m.cfg.Version}))
+		if err == nil {
+			c.co.Store(&coord{reg: reg})
+		}
 	}()
 	select {
 	case <-regDone:
@@ -189,7 +196,7 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	if err := c.reg.Update(sctx, c.regNode()); err != nil {
+	if err := c.registry().Update(sctx, c.regNode()); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	c.noteMember(c.ml.Local())
@@ -210,14 +217,11 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 		defer c.wg.Done()
 		_ = c.srv.Serve(lis)
 	}()
-	c.sm, err = shardmap.New(shardmap.Config{
-		Client: cfg.Etcd, Session: c.reg.Session(), Cluster: cfg.Name, Lost: c.reg.Lost(),
-		ID: c.id, Shards: len(m.shards), Settle: cfg.Settle, Logger: m.cfg.Logger,
-		Registerer: m.cfg.Registerer,
-	})
+	sm, err := c.newShardMap(c.registry())
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
+	c.co.Store(&coord{reg: c.registry(), sm: sm})
 	if _, err := c.ml.Join(sctx, cfg.Seeds...); err != nil && len(cfg.Seeds) > 0 {
 		m.log.Warn("joining seeds failed; the re-joiner keeps trying", "err", err)
 	}
@@ -239,8 +243,12 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 // would look to its peers apart from its lease, which the caller may let expire.
 func (c *cluster) stop(graceful bool) {
 	c.stopOnce.Do(func() {
-		if c.sm != nil {
-			_ = c.sm.Close()
+		c.coMu.Lock()
+		c.stopping = true
+		co := c.co.Load()
+		c.coMu.Unlock()
+		if co != nil && co.sm != nil {
+			_ = co.sm.Close()
 		}
 		if graceful && c.links != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -266,8 +274,8 @@ func (c *cluster) stop(graceful bool) {
 			_ = c.lis.Close()
 		}
 		c.wg.Wait()
-		if c.reg != nil {
-			_ = c.reg.Close()
+		if co != nil {
+			_ = co.reg.Close()
 		}
 	})
 }
@@ -347,7 +355,7 @@ func (c *cluster) memberLoop() {
 			c.mu.Unlock()
 			c.links.Forget(mem.ID)
 			ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
-			if err := c.sm.NodeDead(ctx, mem.ID); err != nil && c.ctx.Err() == nil {
+			if err := c.smap().NodeDead(ctx, mem.ID); err != nil && c.ctx.Err() == nil {
 				c.m.log.Warn("declaring a node dead failed", "node", mem.ID, "err", err)
 			}
 			cancel()
@@ -360,10 +368,16 @@ func (c *cluster) memberLoop() {
 	}
 }
 
+// answerTimeout bounds the second opinion on a failure verdict. A crashed process
+// refuses the connection at once, so it only delays the verdict on a host that
+// vanished from the network (partition, power loss); a starved process that missed
+// its gossip probes gets this long to prove it is alive.
+const answerTimeout = time.Second
+
 // answers asks a node for its stats over the peer link, briefly: a crashed process
 // refuses the connection at once, so this costs little on a real failure.
 func (c *cluster) answers(id string) bool {
-	ctx, cancel := context.WithTimeout(c.ctx, 250*time.Millisecond)
+	ctx, cancel := context.WithTimeout(c.ctx, answerTimeout)
 	defer cancel()
 	resp, err := c.links.Request(ctx, id, &meshv1.Envelope{Body: &meshv1.Envelope_NodeStats{NodeStats: &meshv1.NodeStatsRequest{}}})
 	return err == nil && resp.GetNodeStatsReply() != nil
@@ -374,11 +388,14 @@ func (c *cluster) answers(id string) bool {
 func (c *cluster) mapLoop() {
 	defer c.wg.Done()
 	for {
+		co := c.co.Load()
 		select {
 		case <-c.ctx.Done():
 			return
-		case mp := <-c.sm.Updates():
+		case mp := <-co.sm.Updates():
 			c.apply(mp)
+		case <-co.reg.Lost():
+			c.refence(co)
 		}
 	}
 }
@@ -422,7 +439,7 @@ func (c *cluster) waitMap(ctx context.Context, rev int64, d time.Duration) {
 	c.mu.RLock()
 	ch := c.mapWait
 	c.mu.RUnlock()
-	if c.sm.Current().Revision > rev {
+	if c.smap().Current().Revision > rev {
 		return
 	}
 	t := time.NewTimer(d)
@@ -436,7 +453,7 @@ func (c *cluster) waitMap(ctx context.Context, rev int64, d time.Duration) {
 
 // ownEpoch reports whether this node serves shard idx now, and its epoch.
 func (c *cluster) ownEpoch(idx int) (ep, bool) {
-	n, ok := c.sm.Serving(idx)
+	n, ok := c.smap().Serving(idx)
 	if !ok || c.ready[idx].Load() != n {
 		return ep{}, false
 	}
@@ -460,7 +477,7 @@ func (c *cluster) routeShard(ctx context.Context, idx int, retryLinkDown bool, l
 		if c.ctx.Err() != nil {
 			return fabric.Errorf(fabric.CodeUnavailable, "mesh of node %s is closed", c.m.cfg.Node)
 		}
-		mp := c.sm.Current()
+		mp := c.smap().Current()
 		owner, epoch := mp.Owner(idx)
 		var err error
 		switch {
@@ -615,7 +632,7 @@ func (c *cluster) handle(from *peer.Peer, env *meshv1.Envelope) {
 // stale reports whether a room envelope carries an epoch older than this node's map
 // knows for its shard.
 func (c *cluster) stale(env *meshv1.Envelope) bool {
-	_, epoch := c.sm.Current().Owner(int(env.GetShard()))
+	_, epoch := c.smap().Current().Owner(int(env.GetShard()))
 	return env.GetEpoch() < epoch
 }
 
@@ -629,9 +646,9 @@ func (c *cluster) serve(env *meshv1.Envelope) *meshv1.Envelope {
 		idx := m.shardIndex(name)
 		e, ok := c.ownEpoch(idx)
 		if !ok || uint32(idx) != env.GetShard() || e.n != env.GetEpoch() {
-			owner, epoch := c.sm.Current().Owner(idx)
+			owner, epoch := c.smap().Current().Owner(idx)
 			return ep{}, &meshv1.Envelope{Body: &meshv1.Envelope_NotOwner{NotOwner: &meshv1.NotOwner{
-				Shard: uint32(idx), Owner: owner, Epoch: epoch, MapRevision: c.sm.Current().Revision}}}
+				Shard: uint32(idx), Owner: owner, Epoch: epoch, MapRevision: c.smap().Current().Revision}}}
 		}
 		return e, nil
 	}
@@ -828,7 +845,7 @@ func (c *cluster) moveConn(ctx context.Context, node, conn, room string, join bo
 // listNodes returns every live node with its own stats (asked over its link; a node
 // that does not answer is shown as suspect with what gossip says about it).
 func (c *cluster) listNodes(ctx context.Context) ([]fabric.NodeInfo, error) {
-	counts := c.sm.Current().Count()
+	counts := c.smap().Current().Count()
 	members := c.ml.Members()
 	out := make([]fabric.NodeInfo, len(members))
 	var wg sync.WaitGroup

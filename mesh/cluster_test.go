@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ func startClusterNode(t *testing.T, srv *etcdtest.Server, cluster, name string, 
 	n := &clusterNode{name: name, edge: newFakeEdge(), etcd: srv.NewClient(t)}
 	n.m, err = New(Config{
 		Node: name, Namespaces: ns, Shards: 16, Version: "test",
-		Logger: slog.New(slog.DiscardHandler), SweepInterval: time.Hour,
+		Logger: testLogger(name), SweepInterval: time.Hour,
 		Registerer: prometheus.NewRegistry(), // the building blocks' metrics must not collide
 		Cluster: &ClusterConfig{
 			Etcd: n.etcd, Name: cluster, GossipAddr: "127.0.0.1", GossipKeys: [][]byte{key},
@@ -68,6 +69,14 @@ func startClusterNode(t *testing.T, srv *etcdtest.Server, cluster, name string, 
 	n.m.Attach(n.edge)
 	t.Cleanup(func() { n.m.Close() })
 	return n
+}
+
+// testLogger discards, unless MESH_TEST_LOG is set (to debug a cluster test).
+func testLogger(node string) *slog.Logger {
+	if os.Getenv("MESH_TEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test_node", node)
 }
 
 // waitUntil polls cond until it holds; the deadline is only a failure bound.
@@ -92,9 +101,9 @@ func converged(nodes []*clusterNode) bool {
 			}
 		}
 	}
-	rev := nodes[0].m.cl.sm.Current().Revision
+	rev := nodes[0].m.cl.smap().Current().Revision
 	for _, n := range nodes {
-		mp := n.m.cl.sm.Current()
+		mp := n.m.cl.smap().Current()
 		if mp.Revision != rev || len(mp.Count()) != len(nodes) {
 			return false // not every node has shards in the same map yet
 		}
@@ -102,7 +111,7 @@ func converged(nodes []*clusterNode) bool {
 	for i := range nodes[0].m.shards {
 		serving := 0
 		for _, n := range nodes {
-			owner, _ := n.m.cl.sm.Current().Owner(i)
+			owner, _ := n.m.cl.smap().Current().Owner(i)
 			if owner == "" {
 				return false
 			}
@@ -443,13 +452,13 @@ func TestClusterOwnerDies(t *testing.T) {
 // dumpCluster logs each node's view, to explain a convergence failure.
 func dumpCluster(t *testing.T, nodes []*clusterNode) {
 	for _, n := range nodes {
-		mp := n.m.cl.sm.Current()
+		mp := n.m.cl.smap().Current()
 		served, serving, ready := 0, 0, 0
 		for i := range n.m.shards {
 			if _, ok := n.m.ownEpoch(i); ok {
 				served++
 			}
-			if e, ok := n.m.cl.sm.Serving(i); ok {
+			if e, ok := n.m.cl.smap().Serving(i); ok {
 				serving++
 				if n.m.cl.ready[i].Load() == e {
 					ready++
@@ -502,7 +511,7 @@ func TestClusterFencingAndStaleEpochs(t *testing.T) {
 
 	t.Run("stale deliveries are dropped", func(t *testing.T) {
 		idx := a.m.shardIndex(room)
-		_, epoch := a.m.cl.sm.Current().Owner(idx)
+		_, epoch := a.m.cl.smap().Current().Owner(idx)
 		env := func(epoch int64, off uint64) *meshv1.Envelope {
 			return &meshv1.Envelope{Shard: uint32(idx), Epoch: epoch, Body: &meshv1.Envelope_Deliver{Deliver: &meshv1.Deliver{
 				Room: room, Messages: []*pb.RoomMessage{{Room: room, Epoch: epochString(epoch), Offset: off, Payload: payloadToWire(fabric.Payload{Data: []byte(`1`)})}}}}}
@@ -514,27 +523,37 @@ func TestClusterFencingAndStaleEpochs(t *testing.T) {
 		}
 	})
 
-	t.Run("a node whose lease is revoked stops owning at once", func(t *testing.T) {
+	t.Run("a fenced node stops owning, hands its state on and comes back", func(t *testing.T) {
+		first, err := a.m.Publish(ctx, fabric.Publication{Room: room, Payload: fabric.Payload{Data: []byte(`1`)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := b.m.cl.co.Load()
 		if err := registry.Revoke(ctx, a.etcd, a.m.cl.cfg.Name, b.m.cl.id); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, "b to stop serving", func() bool {
-			for i := range b.m.shards {
-				if _, ok := b.m.ownEpoch(i); ok {
-					return false
-				}
+		// b notices, stops serving (the shard map reports nothing served once the
+		// registration is lost) and registers again.
+		waitUntil(t, "b to re-register", func() bool { return b.m.cl.co.Load() != before })
+		for i := range b.m.shards {
+			if _, ok := before.sm.Serving(i); ok {
+				t.Fatalf("the fenced shard map still serves shard %d", i)
 			}
-			return true
-		})
-		// The others take b's shards over; the room is served again (without b's
-		// state: its history is gone, its members are rebuilt from their nodes).
+		}
+		// The room is served again — by another node, or by b once it is back — and
+		// its stream goes on: b's state was handed on, nothing was lost.
 		pos, err := a.m.Publish(ctx, fabric.Publication{Room: room, Payload: fabric.Payload{Data: []byte(`2`)}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if owner := ownerOf(nodes, room); owner == nil || owner == b {
-			t.Fatalf("room owner after fencing: %v", owner)
+		if pos.Offset != first.Offset+1 {
+			t.Fatalf("offsets across the fencing: %v then %v", first, pos)
 		}
+		h, err := a.m.History(ctx, room, fabric.HistoryQuery{Since: &first})
+		if err != nil || len(h.Messages) != 1 || h.Messages[0].Pos != pos {
+			t.Fatalf("history since %v after fencing: %+v %v", first, h.Messages, err)
+		}
+		waitUntil(t, "the cluster to converge with b back", func() bool { return converged(nodes) })
 		st, err := a.m.PresenceStats(ctx, room)
 		if err != nil || st.Conns != 1 {
 			t.Fatalf("presence after fencing: %+v %v", st, err)

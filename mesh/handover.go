@@ -167,12 +167,9 @@ func (c *cluster) install(ho *meshv1.ShardHandover, e ep) {
 	s := m.shards[i]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e.n != s.epochN {
-		if e.n < s.epochN {
-			return
-		}
-		m.resetShardLocked(s, e.n)
-	}
+	// Rebuild is authoritative for the shard at e: whatever is there (stale state,
+	// or the fence stashShard left) gives way.
+	m.resetShardLocked(s, e.n)
 	s.floor = max(s.floor, ho.GetFloor())
 	for _, rs := range ho.GetRooms() {
 		r := &room{name: rs.GetRoom(), epoch: e.n, offset: rs.GetOffset()}
@@ -197,14 +194,16 @@ func (c *cluster) install(ho *meshv1.ShardHandover, e ep) {
 }
 
 // newestHandoffs picks, per wanted shard, the handoff of the newest epoch among the
-// replies: when a shard moved twice quickly, the latest owner's state wins.
+// replies: when a shard moved twice quickly, the latest owner's state wins. A handoff
+// of the wanted epoch itself is this node's own, kept when it was fenced and now
+// resumed at the same epoch.
 func newestHandoffs(replies []*meshv1.RebuildReply, want map[int]ep) map[int]*meshv1.ShardHandover {
 	out := map[int]*meshv1.ShardHandover{}
 	for _, rep := range replies {
 		for _, ho := range rep.GetHandovers() {
 			i := int(ho.GetShard())
 			e, ok := want[i]
-			if !ok || ho.GetEpoch() >= e.n {
+			if !ok || ho.GetEpoch() > e.n {
 				continue
 			}
 			if cur := out[i]; cur == nil || ho.GetEpoch() > cur.GetEpoch() {
@@ -228,9 +227,10 @@ func (m *Mesh) HandOver(ctx context.Context) error {
 		return nil
 	}
 	start := time.Now()
+	c.draining.Store(true)
 	node := c.regNode()
 	node.Draining = true
-	if err := c.reg.Update(ctx, node); err != nil {
+	if err := c.registry().Update(ctx, node); err != nil {
 		return fmt.Errorf("mesh: mark draining: %w", err)
 	}
 	meta := c.ml.Local().Meta
@@ -239,7 +239,7 @@ func (m *Mesh) HandOver(ctx context.Context) error {
 		m.log.Warn("gossip metadata not updated", "err", err)
 	}
 	for {
-		mp := c.sm.Current()
+		mp := c.smap().Current()
 		if mp.Count()[c.id] == 0 && c.pendingHandoffs() == 0 {
 			m.log.Info("shards handed over", "took", time.Since(start), "revision", mp.Revision)
 			return nil

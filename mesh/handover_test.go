@@ -74,7 +74,7 @@ func TestClusterHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if n := c.m.cl.sm.Current().Count()[c.m.cl.id]; n != 0 {
+	if n := c.m.cl.smap().Current().Count()[c.m.cl.id]; n != 0 {
 		t.Fatalf("drained node still owns %d shards", n)
 	}
 	owner := ownerOf(nodes, room)

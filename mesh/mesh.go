@@ -308,7 +308,7 @@ func (m *Mesh) selfInfo() fabric.NodeInfo {
 	}
 	shards := len(m.shards)
 	if m.cl != nil {
-		shards = m.cl.sm.Current().Count()[m.cl.id]
+		shards = m.cl.smap().Current().Count()[m.cl.id]
 	}
 	return fabric.NodeInfo{
 		Name:        m.cfg.Node,

@@ -95,7 +95,7 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 		// nobody reported anything for it.
 		s := m.shards[i]
 		s.mu.Lock()
-		if e.n > s.epochN {
+		if e.n != s.epochN { // older state, or the fence a stash left
 			m.resetShardLocked(s, e.n)
 		}
 		s.mu.Unlock()
@@ -161,8 +161,8 @@ func (c *cluster) serveRebuild(ctx context.Context, req *meshv1.RebuildRequest) 
 		}
 	}
 	deadline := time.Now().Add(c.cfg.RebuildTimeout)
-	for c.sm.Current().Revision < newest && time.Now().Before(deadline) && ctx.Err() == nil {
-		c.waitMap(ctx, c.sm.Current().Revision, 20*time.Millisecond)
+	for c.smap().Current().Revision < newest && time.Now().Before(deadline) && ctx.Err() == nil {
+		c.waitMap(ctx, c.smap().Current().Revision, 20*time.Millisecond)
 	}
 	return &meshv1.Envelope{Body: &meshv1.Envelope_RebuildReply{RebuildReply: c.localState(want)}}
 }

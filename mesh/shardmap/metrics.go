@@ -1,6 +1,7 @@
 package shardmap
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,10 +36,34 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.leader, m.revision, m.writes, m.moved} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("shardmap: register metrics: %w", err)
-		}
+	// A node that re-registers after being fenced creates a new ShardMap on the same
+	// registry: it takes over the collectors of its predecessor.
+	var err error
+	if m.leader, err = register(reg, m.leader); err != nil {
+		return nil, err
+	}
+	if m.revision, err = register(reg, m.revision); err != nil {
+		return nil, err
+	}
+	if m.writes, err = register(reg, m.writes); err != nil {
+		return nil, err
+	}
+	if m.moved, err = register(reg, m.moved); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// register registers c, or returns the equal collector registered already.
+func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if old, ok := are.ExistingCollector.(T); ok {
+				return old, nil
+			}
+		}
+		return c, fmt.Errorf("shardmap: register metrics: %w", err)
+	}
+	return c, nil
 }
