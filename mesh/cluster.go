@@ -360,9 +360,11 @@ func (c *cluster) memberLoop() {
 			}
 			cancel()
 			c.m.dropNode(mem.Name)
+			c.m.hub.view.drop(mem.Name)
 		default:
 			if ev.Member.ID != c.id {
 				c.noteMember(ev.Member)
+				c.m.hub.groupsChanged() // tell the newcomer our groups
 			}
 		}
 	}
@@ -545,8 +547,8 @@ const maxEventOutbox = 1 << 16
 
 // broadcastEvent queues an event for every other live node's subscribers. It never
 // blocks (it runs under room locks); the event loop sends what is queued, in order,
-// batched into one EventsPush per node. Groups are per node in phase 1: a group's
-// members on different nodes each get the event once per node.
+// batched into one EventsPush per node. Consumer groups are cluster-wide: see
+// groups.go.
 func (c *cluster) broadcastEvent(ev *fabric.Event) {
 	c.evMu.Lock()
 	if len(c.evQueue) >= maxEventOutbox {
@@ -562,13 +564,23 @@ func (c *cluster) broadcastEvent(ev *fabric.Event) {
 	}
 }
 
-// eventLoop sends queued events to every other live node.
+// eventLoop sends queued events to every other live node, and this node's consumer
+// groups when they change and every groupRefresh. Both go out from this one goroutine,
+// so a node's group announcement and its events reach each peer in order.
 func (c *cluster) eventLoop() {
 	defer c.wg.Done()
+	refresh := time.NewTicker(groupRefresh)
+	defer refresh.Stop()
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
+		case <-c.m.hub.groupNotify:
+			c.pushGroups()
+			continue
+		case <-refresh.C:
+			c.pushGroups()
+			continue
 		case <-c.evNotify:
 		}
 		c.evMu.Lock()
@@ -580,12 +592,17 @@ func (c *cluster) eventLoop() {
 		}
 		env := &meshv1.Envelope{Body: &meshv1.Envelope_Events{Events: &meshv1.EventsPush{Events: batch}}}
 		for _, id := range c.liveIDs() {
-			ctx, cancel := context.WithTimeout(c.ctx, sendTimeout)
-			if err := c.links.Send(ctx, id, env); err != nil {
-				c.m.log.Debug("events to a node failed", "node", id, "err", err)
-			}
-			cancel()
+			c.sendBounded(id, env)
 		}
+	}
+}
+
+// sendBounded queues env to a node, waiting up to sendTimeout for a link being dialed.
+func (c *cluster) sendBounded(id string, env *meshv1.Envelope) {
+	ctx, cancel := context.WithTimeout(c.ctx, sendTimeout)
+	defer cancel()
+	if err := c.links.Send(ctx, id, env); err != nil {
+		c.m.log.Debug("push to a node failed", "node", id, "err", err)
 	}
 }
 
@@ -616,6 +633,8 @@ func (c *cluster) handle(from *peer.Peer, env *meshv1.Envelope) {
 		for _, ev := range b.Events.GetEvents() {
 			c.m.hub.emit(eventFromWire(ev))
 		}
+	case *meshv1.Envelope_GroupInterest:
+		c.m.hub.view.set(from.Node(), b.GroupInterest)
 	case *meshv1.Envelope_Goodbye:
 	default:
 		if env.GetRequestId() == 0 {

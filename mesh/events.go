@@ -19,6 +19,10 @@ type hub struct {
 	closed bool
 	solo   map[*sub]struct{}
 	groups map[string]*group
+	// view holds the other nodes' groups (cluster mode; nil in a mesh of one).
+	view *groupView
+	// groupNotify (capacity 1) says the local groups changed.
+	groupNotify chan struct{}
 }
 
 // group is the subscriptions sharing one group name and filter.
@@ -30,7 +34,7 @@ type group struct {
 }
 
 func newHub(m *Mesh) *hub {
-	return &hub{m: m, solo: make(map[*sub]struct{}), groups: make(map[string]*group)}
+	return &hub{m: m, solo: make(map[*sub]struct{}), groups: make(map[string]*group), groupNotify: make(chan struct{}, 1)}
 }
 
 // Emit publishes an event to every matching subscription. It never blocks: a full
@@ -75,7 +79,15 @@ func (h *hub) emit(ev fabric.Event) {
 			continue
 		}
 		n := uint64(len(g.members))
-		start := g.next.Add(1) - 1
+		var start uint64
+		if h.view != nil {
+			var mine bool
+			if start, mine = h.view.pick(g, &ev, h.m.cfg.Node); !mine {
+				continue // a member on another node gets it
+			}
+		} else {
+			start = g.next.Add(1) - 1
+		}
 		delivered := false
 		for i := range n {
 			if g.members[(start+i)%n].offer(&ev, false) {
@@ -125,6 +137,7 @@ func (m *Mesh) Subscribe(filter fabric.EventFilter, groupName string, buffer int
 	}
 	g.members = append(slices.Clone(g.members), s)
 	s.group = g
+	h.groupsChanged()
 	return s, nil
 }
 
@@ -155,6 +168,7 @@ func (h *hub) remove(s *sub) {
 		return
 	}
 	members := slices.DeleteFunc(slices.Clone(g.members), func(x *sub) bool { return x == s })
+	defer h.groupsChanged()
 	if len(members) == 0 {
 		delete(h.groups, g.key)
 		return

@@ -204,6 +204,7 @@ func New(cfg Config) (*Mesh, error) {
 	}
 	m.hub = newHub(m)
 	if cfg.Cluster != nil {
+		m.hub.view = newGroupView()
 		cl, err := startCluster(m, *cfg.Cluster)
 		if err != nil {
 			m.hub.closeAll()

@@ -373,6 +373,7 @@ type Envelope struct {
 	//	*Envelope_MoveConnection
 	//	*Envelope_Rebuild
 	//	*Envelope_Events
+	//	*Envelope_GroupInterest
 	//	*Envelope_NodeStats
 	//	*Envelope_ListRooms
 	//	*Envelope_Ack
@@ -635,6 +636,15 @@ func (x *Envelope) GetEvents() *EventsPush {
 	return nil
 }
 
+func (x *Envelope) GetGroupInterest() *GroupInterest {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_GroupInterest); ok {
+			return x.GroupInterest
+		}
+	}
+	return nil
+}
+
 func (x *Envelope) GetNodeStats() *NodeStatsRequest {
 	if x != nil {
 		if x, ok := x.Body.(*Envelope_NodeStats); ok {
@@ -868,6 +878,11 @@ type Envelope_Events struct {
 	Events *EventsPush `protobuf:"bytes,70,opt,name=events,proto3,oneof"`
 }
 
+type Envelope_GroupInterest struct {
+	// Node → every node: the sender's StreamEvents consumer groups, in full.
+	GroupInterest *GroupInterest `protobuf:"bytes,71,opt,name=group_interest,json=groupInterest,proto3,oneof"`
+}
+
 type Envelope_NodeStats struct {
 	// Any node → any node: the receiver's own NodeInfo (ListNodes).
 	// Reply: NodeStatsReply or Error.
@@ -978,6 +993,8 @@ func (*Envelope_MoveConnection) isEnvelope_Body() {}
 func (*Envelope_Rebuild) isEnvelope_Body() {}
 
 func (*Envelope_Events) isEnvelope_Body() {}
+
+func (*Envelope_GroupInterest) isEnvelope_Body() {}
 
 func (*Envelope_NodeStats) isEnvelope_Body() {}
 
@@ -2932,6 +2949,111 @@ func (x *IdempotencyKey) GetExpiresUnixNano() int64 {
 	return 0
 }
 
+// GroupInterest is a node's full set of local StreamEvents consumer groups. A node
+// sends it to every other node whenever the set changes, when a node appears, and
+// periodically; a receiver replaces what it knew of the sender. With every node's
+// groups known, every node makes the same choice of the one group member that gets
+// an event.
+type GroupInterest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The groups with local members.
+	Groups        []*GroupCount `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupInterest) Reset() {
+	*x = GroupInterest{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupInterest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupInterest) ProtoMessage() {}
+
+func (x *GroupInterest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupInterest.ProtoReflect.Descriptor instead.
+func (*GroupInterest) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GroupInterest) GetGroups() []*GroupCount {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+// GroupCount is one consumer group and its local member count.
+type GroupCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's key: its name and its filter (members must agree on both).
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// How many local subscriptions the group has.
+	Members       uint32 `protobuf:"varint,2,opt,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupCount) Reset() {
+	*x = GroupCount{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupCount) ProtoMessage() {}
+
+func (x *GroupCount) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupCount.ProtoReflect.Descriptor instead.
+func (*GroupCount) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GroupCount) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *GroupCount) GetMembers() uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
 // EventsPush carries events to a node with StreamEvents subscribers.
 type EventsPush struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2946,7 +3068,7 @@ type EventsPush struct {
 
 func (x *EventsPush) Reset() {
 	*x = EventsPush{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2958,7 +3080,7 @@ func (x *EventsPush) String() string {
 func (*EventsPush) ProtoMessage() {}
 
 func (x *EventsPush) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2971,7 +3093,7 @@ func (x *EventsPush) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsPush.ProtoReflect.Descriptor instead.
 func (*EventsPush) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{36}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EventsPush) GetEvents() []*v1.Event {
@@ -2997,7 +3119,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3009,7 +3131,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3022,7 +3144,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{37}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{39}
 }
 
 // NotOwner refuses an operation for a shard the receiver does not own at the given
@@ -3043,7 +3165,7 @@ type NotOwner struct {
 
 func (x *NotOwner) Reset() {
 	*x = NotOwner{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3055,7 +3177,7 @@ func (x *NotOwner) String() string {
 func (*NotOwner) ProtoMessage() {}
 
 func (x *NotOwner) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3068,7 +3190,7 @@ func (x *NotOwner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotOwner.ProtoReflect.Descriptor instead.
 func (*NotOwner) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{38}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NotOwner) GetShard() uint32 {
@@ -3108,7 +3230,7 @@ type NodeStatsRequest struct {
 
 func (x *NodeStatsRequest) Reset() {
 	*x = NodeStatsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3120,7 +3242,7 @@ func (x *NodeStatsRequest) String() string {
 func (*NodeStatsRequest) ProtoMessage() {}
 
 func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3133,7 +3255,7 @@ func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{39}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{41}
 }
 
 // NodeStatsReply describes the receiving node.
@@ -3147,7 +3269,7 @@ type NodeStatsReply struct {
 
 func (x *NodeStatsReply) Reset() {
 	*x = NodeStatsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3159,7 +3281,7 @@ func (x *NodeStatsReply) String() string {
 func (*NodeStatsReply) ProtoMessage() {}
 
 func (x *NodeStatsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3172,7 +3294,7 @@ func (x *NodeStatsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsReply.ProtoReflect.Descriptor instead.
 func (*NodeStatsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{40}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NodeStatsReply) GetNode() *v1.NodeInfo {
@@ -3198,7 +3320,7 @@ type ListRoomsRequest struct {
 
 func (x *ListRoomsRequest) Reset() {
 	*x = ListRoomsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3210,7 +3332,7 @@ func (x *ListRoomsRequest) String() string {
 func (*ListRoomsRequest) ProtoMessage() {}
 
 func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3223,7 +3345,7 @@ func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsRequest.ProtoReflect.Descriptor instead.
 func (*ListRoomsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{41}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListRoomsRequest) GetPrefix() string {
@@ -3260,7 +3382,7 @@ type ListRoomsReply struct {
 
 func (x *ListRoomsReply) Reset() {
 	*x = ListRoomsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3272,7 +3394,7 @@ func (x *ListRoomsReply) String() string {
 func (*ListRoomsReply) ProtoMessage() {}
 
 func (x *ListRoomsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3285,7 +3407,7 @@ func (x *ListRoomsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsReply.ProtoReflect.Descriptor instead.
 func (*ListRoomsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{42}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListRoomsReply) GetRooms() []*v1.RoomSummary {
@@ -3316,7 +3438,7 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"s\n" +
 	"\x05Batch\x120\n" +
 	"\x06sender\x18\x01 \x01(\v2\x18.roomcast.mesh.v1.SenderR\x06sender\x128\n" +
-	"\tenvelopes\x18\x02 \x03(\v2\x1a.roomcast.mesh.v1.EnvelopeR\tenvelopes\"\xe2\x12\n" +
+	"\tenvelopes\x18\x02 \x03(\v2\x1a.roomcast.mesh.v1.EnvelopeR\tenvelopes\"\xac\x13\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x19\n" +
@@ -3344,7 +3466,8 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\x0fkick_connection\x183 \x01(\v2'.roomcast.mesh.v1.KickConnectionRequestH\x00R\x0ekickConnection\x12R\n" +
 	"\x0fmove_connection\x184 \x01(\v2'.roomcast.mesh.v1.MoveConnectionRequestH\x00R\x0emoveConnection\x12<\n" +
 	"\arebuild\x18< \x01(\v2 .roomcast.mesh.v1.RebuildRequestH\x00R\arebuild\x126\n" +
-	"\x06events\x18F \x01(\v2\x1c.roomcast.mesh.v1.EventsPushH\x00R\x06events\x12C\n" +
+	"\x06events\x18F \x01(\v2\x1c.roomcast.mesh.v1.EventsPushH\x00R\x06events\x12H\n" +
+	"\x0egroup_interest\x18G \x01(\v2\x1f.roomcast.mesh.v1.GroupInterestH\x00R\rgroupInterest\x12C\n" +
 	"\n" +
 	"node_stats\x18P \x01(\v2\".roomcast.mesh.v1.NodeStatsRequestH\x00R\tnodeStats\x12C\n" +
 	"\n" +
@@ -3489,7 +3612,13 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\x0eIdempotencyKey\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x121\n" +
 	"\bposition\x18\x02 \x01(\v2\x15.roomcast.v1.PositionR\bposition\x12*\n" +
-	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"N\n" +
+	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\"E\n" +
+	"\rGroupInterest\x124\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1c.roomcast.mesh.v1.GroupCountR\x06groups\"8\n" +
+	"\n" +
+	"GroupCount\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
+	"\amembers\x18\x02 \x01(\rR\amembers\"N\n" +
 	"\n" +
 	"EventsPush\x12*\n" +
 	"\x06events\x18\x01 \x03(\v2\x12.roomcast.v1.EventR\x06events\x12\x14\n" +
@@ -3535,7 +3664,7 @@ func file_roomcast_mesh_v1_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_roomcast_mesh_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(MembershipChange)(0),           // 0: roomcast.mesh.v1.MembershipChange
 	(UserIndexOp)(0),                // 1: roomcast.mesh.v1.UserIndexOp
@@ -3575,23 +3704,25 @@ var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(*RoomState)(nil),               // 35: roomcast.mesh.v1.RoomState
 	(*EpochSpan)(nil),               // 36: roomcast.mesh.v1.EpochSpan
 	(*IdempotencyKey)(nil),          // 37: roomcast.mesh.v1.IdempotencyKey
-	(*EventsPush)(nil),              // 38: roomcast.mesh.v1.EventsPush
-	(*Ack)(nil),                     // 39: roomcast.mesh.v1.Ack
-	(*NotOwner)(nil),                // 40: roomcast.mesh.v1.NotOwner
-	(*NodeStatsRequest)(nil),        // 41: roomcast.mesh.v1.NodeStatsRequest
-	(*NodeStatsReply)(nil),          // 42: roomcast.mesh.v1.NodeStatsReply
-	(*ListRoomsRequest)(nil),        // 43: roomcast.mesh.v1.ListRoomsRequest
-	(*ListRoomsReply)(nil),          // 44: roomcast.mesh.v1.ListRoomsReply
-	(*v1.Error)(nil),                // 45: roomcast.v1.Error
-	(*v1.RoomMessage)(nil),          // 46: roomcast.v1.RoomMessage
-	(*v1.Member)(nil),               // 47: roomcast.v1.Member
-	(*v1.Position)(nil),             // 48: roomcast.v1.Position
-	(*v1.Payload)(nil),              // 49: roomcast.v1.Payload
-	(*v1.ClientInfo)(nil),           // 50: roomcast.v1.ClientInfo
-	(v1.CloseCode)(0),               // 51: roomcast.v1.CloseCode
-	(*v1.Event)(nil),                // 52: roomcast.v1.Event
-	(*v1.NodeInfo)(nil),             // 53: roomcast.v1.NodeInfo
-	(*v1.RoomSummary)(nil),          // 54: roomcast.v1.RoomSummary
+	(*GroupInterest)(nil),           // 38: roomcast.mesh.v1.GroupInterest
+	(*GroupCount)(nil),              // 39: roomcast.mesh.v1.GroupCount
+	(*EventsPush)(nil),              // 40: roomcast.mesh.v1.EventsPush
+	(*Ack)(nil),                     // 41: roomcast.mesh.v1.Ack
+	(*NotOwner)(nil),                // 42: roomcast.mesh.v1.NotOwner
+	(*NodeStatsRequest)(nil),        // 43: roomcast.mesh.v1.NodeStatsRequest
+	(*NodeStatsReply)(nil),          // 44: roomcast.mesh.v1.NodeStatsReply
+	(*ListRoomsRequest)(nil),        // 45: roomcast.mesh.v1.ListRoomsRequest
+	(*ListRoomsReply)(nil),          // 46: roomcast.mesh.v1.ListRoomsReply
+	(*v1.Error)(nil),                // 47: roomcast.v1.Error
+	(*v1.RoomMessage)(nil),          // 48: roomcast.v1.RoomMessage
+	(*v1.Member)(nil),               // 49: roomcast.v1.Member
+	(*v1.Position)(nil),             // 50: roomcast.v1.Position
+	(*v1.Payload)(nil),              // 51: roomcast.v1.Payload
+	(*v1.ClientInfo)(nil),           // 52: roomcast.v1.ClientInfo
+	(v1.CloseCode)(0),               // 53: roomcast.v1.CloseCode
+	(*v1.Event)(nil),                // 54: roomcast.v1.Event
+	(*v1.NodeInfo)(nil),             // 55: roomcast.v1.NodeInfo
+	(*v1.RoomSummary)(nil),          // 56: roomcast.v1.RoomSummary
 }
 var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	5,  // 0: roomcast.mesh.v1.LinkRequest.batch:type_name -> roomcast.mesh.v1.Batch
@@ -3616,60 +3747,62 @@ var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	28, // 19: roomcast.mesh.v1.Envelope.kick_connection:type_name -> roomcast.mesh.v1.KickConnectionRequest
 	29, // 20: roomcast.mesh.v1.Envelope.move_connection:type_name -> roomcast.mesh.v1.MoveConnectionRequest
 	30, // 21: roomcast.mesh.v1.Envelope.rebuild:type_name -> roomcast.mesh.v1.RebuildRequest
-	38, // 22: roomcast.mesh.v1.Envelope.events:type_name -> roomcast.mesh.v1.EventsPush
-	41, // 23: roomcast.mesh.v1.Envelope.node_stats:type_name -> roomcast.mesh.v1.NodeStatsRequest
-	43, // 24: roomcast.mesh.v1.Envelope.list_rooms:type_name -> roomcast.mesh.v1.ListRoomsRequest
-	39, // 25: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
-	45, // 26: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
-	40, // 27: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
-	13, // 28: roomcast.mesh.v1.Envelope.publish_reply:type_name -> roomcast.mesh.v1.PublishReply
-	15, // 29: roomcast.mesh.v1.Envelope.join_reply:type_name -> roomcast.mesh.v1.JoinReply
-	19, // 30: roomcast.mesh.v1.Envelope.presence_reply:type_name -> roomcast.mesh.v1.PresenceReply
-	21, // 31: roomcast.mesh.v1.Envelope.presence_stats_reply:type_name -> roomcast.mesh.v1.PresenceStatsReply
-	23, // 32: roomcast.mesh.v1.Envelope.history_reply:type_name -> roomcast.mesh.v1.HistoryReply
-	26, // 33: roomcast.mesh.v1.Envelope.user_connections_reply:type_name -> roomcast.mesh.v1.UserConnectionsReply
-	33, // 34: roomcast.mesh.v1.Envelope.rebuild_reply:type_name -> roomcast.mesh.v1.RebuildReply
-	42, // 35: roomcast.mesh.v1.Envelope.node_stats_reply:type_name -> roomcast.mesh.v1.NodeStatsReply
-	44, // 36: roomcast.mesh.v1.Envelope.list_rooms_reply:type_name -> roomcast.mesh.v1.ListRoomsReply
-	4,  // 37: roomcast.mesh.v1.Hello.expected_peer:type_name -> roomcast.mesh.v1.Sender
-	46, // 38: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
-	0,  // 39: roomcast.mesh.v1.MembershipPush.change:type_name -> roomcast.mesh.v1.MembershipChange
-	47, // 40: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
-	48, // 41: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
-	49, // 42: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
-	50, // 43: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
-	48, // 44: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
-	50, // 45: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
-	48, // 46: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
-	48, // 47: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
-	46, // 48: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
-	50, // 49: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
-	47, // 50: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
-	48, // 51: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
-	46, // 52: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
-	48, // 53: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
-	1,  // 54: roomcast.mesh.v1.UserIndexRequest.op:type_name -> roomcast.mesh.v1.UserIndexOp
-	49, // 55: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
-	51, // 56: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
-	47, // 57: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
-	31, // 58: roomcast.mesh.v1.RebuildReply.rooms:type_name -> roomcast.mesh.v1.RoomMembers
-	32, // 59: roomcast.mesh.v1.RebuildReply.users:type_name -> roomcast.mesh.v1.UserConnections
-	34, // 60: roomcast.mesh.v1.RebuildReply.handovers:type_name -> roomcast.mesh.v1.ShardHandover
-	35, // 61: roomcast.mesh.v1.ShardHandover.rooms:type_name -> roomcast.mesh.v1.RoomState
-	46, // 62: roomcast.mesh.v1.RoomState.history:type_name -> roomcast.v1.RoomMessage
-	37, // 63: roomcast.mesh.v1.RoomState.keys:type_name -> roomcast.mesh.v1.IdempotencyKey
-	36, // 64: roomcast.mesh.v1.RoomState.lineage:type_name -> roomcast.mesh.v1.EpochSpan
-	48, // 65: roomcast.mesh.v1.IdempotencyKey.position:type_name -> roomcast.v1.Position
-	52, // 66: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
-	53, // 67: roomcast.mesh.v1.NodeStatsReply.node:type_name -> roomcast.v1.NodeInfo
-	54, // 68: roomcast.mesh.v1.ListRoomsReply.rooms:type_name -> roomcast.v1.RoomSummary
-	2,  // 69: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
-	3,  // 70: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
-	70, // [70:71] is the sub-list for method output_type
-	69, // [69:70] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	40, // 22: roomcast.mesh.v1.Envelope.events:type_name -> roomcast.mesh.v1.EventsPush
+	38, // 23: roomcast.mesh.v1.Envelope.group_interest:type_name -> roomcast.mesh.v1.GroupInterest
+	43, // 24: roomcast.mesh.v1.Envelope.node_stats:type_name -> roomcast.mesh.v1.NodeStatsRequest
+	45, // 25: roomcast.mesh.v1.Envelope.list_rooms:type_name -> roomcast.mesh.v1.ListRoomsRequest
+	41, // 26: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
+	47, // 27: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
+	42, // 28: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
+	13, // 29: roomcast.mesh.v1.Envelope.publish_reply:type_name -> roomcast.mesh.v1.PublishReply
+	15, // 30: roomcast.mesh.v1.Envelope.join_reply:type_name -> roomcast.mesh.v1.JoinReply
+	19, // 31: roomcast.mesh.v1.Envelope.presence_reply:type_name -> roomcast.mesh.v1.PresenceReply
+	21, // 32: roomcast.mesh.v1.Envelope.presence_stats_reply:type_name -> roomcast.mesh.v1.PresenceStatsReply
+	23, // 33: roomcast.mesh.v1.Envelope.history_reply:type_name -> roomcast.mesh.v1.HistoryReply
+	26, // 34: roomcast.mesh.v1.Envelope.user_connections_reply:type_name -> roomcast.mesh.v1.UserConnectionsReply
+	33, // 35: roomcast.mesh.v1.Envelope.rebuild_reply:type_name -> roomcast.mesh.v1.RebuildReply
+	44, // 36: roomcast.mesh.v1.Envelope.node_stats_reply:type_name -> roomcast.mesh.v1.NodeStatsReply
+	46, // 37: roomcast.mesh.v1.Envelope.list_rooms_reply:type_name -> roomcast.mesh.v1.ListRoomsReply
+	4,  // 38: roomcast.mesh.v1.Hello.expected_peer:type_name -> roomcast.mesh.v1.Sender
+	48, // 39: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
+	0,  // 40: roomcast.mesh.v1.MembershipPush.change:type_name -> roomcast.mesh.v1.MembershipChange
+	49, // 41: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
+	50, // 42: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
+	51, // 43: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
+	52, // 44: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
+	50, // 45: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
+	52, // 46: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
+	50, // 47: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
+	50, // 48: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
+	48, // 49: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
+	52, // 50: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
+	49, // 51: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
+	50, // 52: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
+	48, // 53: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
+	50, // 54: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
+	1,  // 55: roomcast.mesh.v1.UserIndexRequest.op:type_name -> roomcast.mesh.v1.UserIndexOp
+	51, // 56: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
+	53, // 57: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
+	49, // 58: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
+	31, // 59: roomcast.mesh.v1.RebuildReply.rooms:type_name -> roomcast.mesh.v1.RoomMembers
+	32, // 60: roomcast.mesh.v1.RebuildReply.users:type_name -> roomcast.mesh.v1.UserConnections
+	34, // 61: roomcast.mesh.v1.RebuildReply.handovers:type_name -> roomcast.mesh.v1.ShardHandover
+	35, // 62: roomcast.mesh.v1.ShardHandover.rooms:type_name -> roomcast.mesh.v1.RoomState
+	48, // 63: roomcast.mesh.v1.RoomState.history:type_name -> roomcast.v1.RoomMessage
+	37, // 64: roomcast.mesh.v1.RoomState.keys:type_name -> roomcast.mesh.v1.IdempotencyKey
+	36, // 65: roomcast.mesh.v1.RoomState.lineage:type_name -> roomcast.mesh.v1.EpochSpan
+	50, // 66: roomcast.mesh.v1.IdempotencyKey.position:type_name -> roomcast.v1.Position
+	39, // 67: roomcast.mesh.v1.GroupInterest.groups:type_name -> roomcast.mesh.v1.GroupCount
+	54, // 68: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
+	55, // 69: roomcast.mesh.v1.NodeStatsReply.node:type_name -> roomcast.v1.NodeInfo
+	56, // 70: roomcast.mesh.v1.ListRoomsReply.rooms:type_name -> roomcast.v1.RoomSummary
+	2,  // 71: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
+	3,  // 72: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
+	72, // [72:73] is the sub-list for method output_type
+	71, // [71:72] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_roomcast_mesh_v1_peer_proto_init() }
@@ -3697,6 +3830,7 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 		(*Envelope_MoveConnection)(nil),
 		(*Envelope_Rebuild)(nil),
 		(*Envelope_Events)(nil),
+		(*Envelope_GroupInterest)(nil),
 		(*Envelope_NodeStats)(nil),
 		(*Envelope_ListRooms)(nil),
 		(*Envelope_Ack)(nil),
@@ -3718,7 +3852,7 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomcast_mesh_v1_peer_proto_rawDesc), len(file_roomcast_mesh_v1_peer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   43,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
