@@ -32,6 +32,8 @@ allowed, the demo at / on every node). Node i (from 0) uses:
   gossip             7946+2i       peer links    7947+2i
   etcd               2379 (clients), 2380 (peers)
 
+The cluster is named "dev": its live configuration is at /roomcast/dev/config
+('roomcast config get --etcd-endpoints 127.0.0.1:2379 --cluster-name dev').
 Ctrl-C drains every node and stops.`,
 		Example: `  roomcast dev --nodes 3
   # then: open http://localhost:8080 and http://localhost:8081, publish on a third node:

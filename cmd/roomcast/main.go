@@ -22,6 +22,7 @@ func main() {
 	cli.AddGlobalFlags(root)
 	root.AddCommand(nodeCommand(), devCommand())
 	root.AddCommand(cli.Commands()...)
+	root.AddCommand(cli.ConfigCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "roomcast:", err)
 		var ec interface{ ExitCode() int }

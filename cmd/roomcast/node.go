@@ -77,7 +77,11 @@ func nodeCommand() *cobra.Command {
 Settings come from, in increasing priority: built-in defaults, the YAML config file
 (--config or ROOMCAST_CONFIG; keys are the flag names with '_' for '-', plus
 'namespaces' and 'jwt_keys'), environment variables ROOMCAST_<FLAG_NAME> (e.g.
-ROOMCAST_CLIENT_ADDR; lists are comma-separated), and flags.`,
+ROOMCAST_CLIENT_ADDR; lists are comma-separated), and flags.
+
+The live part (namespaces and token keys) is applied again on SIGHUP. In cluster
+mode (--etcd-endpoints) the cluster's live config in etcd ('roomcast config') is
+put over it and applied on every change, without a restart.`,
 		Example: `  # try it: generated credentials are printed
   roomcast node --dev
 
@@ -209,7 +213,9 @@ func (e usageError) Unwrap() error { return e.error }
 
 // reloadOnHUP re-reads the settings (file, environment, flags) on each SIGHUP and
 // applies their live part (namespaces, token keys) until ctx ends. A bad file is
-// logged and changes nothing.
+// logged and changes nothing. In cluster mode the cluster's live config document in
+// etcd stays over the re-read settings: SIGHUP changes only what the document does not
+// set, and the non-live settings still need a restart.
 func reloadOnHUP(ctx context.Context, a *app.App, flags *pflag.FlagSet, configPath string, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

@@ -3,7 +3,14 @@
 // its context ends, then drains it. It is the one place that knows every concrete
 // type; the parts only know each other's small interfaces.
 //
-// An App is started once (New, then Run) and is not reused.
+// The live part of the configuration (namespaces, token keys) changes without a
+// restart: Reload applies a node's re-read settings (SIGHUP), and in cluster mode Run
+// follows the cluster's live config document in etcd (package liveconfig) with one
+// goroutine that it stops before draining. Every change is validated whole, with the
+// document over the node's own settings, and applied under one lock or not at all.
+//
+// An App is started once (New, then Run) and is not reused. Reload and
+// ConfigRevision may be called from any goroutine.
 package app
 
 import (
@@ -68,6 +75,7 @@ type App struct {
 	clientSrv, adminSrv          *http.Server
 
 	etcd *clientv3.Client // cluster mode only
+	live live             // namespaces and token settings: the file's, and etcd's over them
 
 	draining atomic.Bool
 }
@@ -92,26 +100,43 @@ func New(cfg Config, log *slog.Logger) (*App, error) {
 	a := &App{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	nsList, err := cfg.NamespaceList()
-	if err != nil {
+	a.live.register(a.reg)
+	a.live.file = cfg.liveDocument()
+	if err := a.live.file.Validate(); err != nil {
 		return nil, err
 	}
-	if a.namespaces, err = fabric.NewNamespaces(nsList); err != nil {
+	// In cluster mode the cluster's live config document is read before anything is
+	// built, so the node starts with it (and the file only needs what it does not set).
+	if len(cfg.EtcdEndpoints) > 0 {
+		if err := a.dialEtcd(); err != nil {
+			return nil, err
+		}
+		if err := a.readLiveConfig(); err != nil {
+			a.closeEtcd()
+			return nil, err
+		}
+	}
+	s, err := settings(a.live.file, a.live.remote)
+	if err != nil {
+		a.closeEtcd()
+		return nil, err
+	}
+	if a.namespaces, err = fabric.NewNamespaces(s.Namespaces); err != nil {
+		a.closeEtcd()
 		return nil, fmt.Errorf("namespaces: %w", err)
 	}
-	jc, err := cfg.JWTConfig()
-	if err != nil {
-		return nil, err
-	}
-	if a.verifier, err = jwtauth.New(jc); err != nil {
+	if a.verifier, err = jwtauth.New(s.JWT); err != nil {
+		a.closeEtcd()
 		return nil, fmt.Errorf("jwt: %w", err)
 	}
 
 	if err := a.listen(); err != nil {
+		a.closeEtcd()
 		return nil, err
 	}
 	if err := a.build(); err != nil {
 		a.closeListeners()
+		a.closeEtcd()
 		return nil, err
 	}
 	return a, nil
@@ -251,9 +276,19 @@ func (a *App) Run(ctx context.Context) error {
 	go serve("client http", func() error { return a.clientSrv.Serve(a.clientLn) })
 	go serve("control grpc", func() error { return a.control.Serve(a.controlLn) })
 	go serve("admin http", func() error { return a.adminSrv.Serve(a.adminLn) })
+	// The live config follower runs for the whole of Run and is stopped before the
+	// drain, so a change arriving meanwhile never races the shutdown.
+	liveCtx, stopLive := context.WithCancel(ctx)
+	liveDone := make(chan struct{})
+	go func() {
+		defer close(liveDone)
+		if a.live.store != nil {
+			a.followLiveConfig(liveCtx)
+		}
+	}()
 	client, ctl, admin := a.Addrs()
 	a.log.Info("roomcast node started", "node", a.cfg.Name, "version", Version, "client", client, "ws_path", a.cfg.WSPath,
-		"control", ctl, "admin", admin, "epoch", a.mesh.Epoch())
+		"control", ctl, "admin", admin, "epoch", a.mesh.Epoch(), "live_config_revision", a.ConfigRevision())
 
 	var runErr error
 	select {
@@ -263,6 +298,8 @@ func (a *App) Run(ctx context.Context) error {
 			a.log.Error("serving failed; shutting down", "err", runErr)
 		}
 	}
+	stopLive()
+	<-liveDone
 	a.shutdown()
 	return runErr
 }
@@ -277,6 +314,13 @@ func (a *App) shutdown() {
 
 	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DrainTimeout)
 	defer cancel()
+	// Shards first, clients second: once the other nodes own this node's rooms, with
+	// their history and offsets, its clients reconnect elsewhere and recover there.
+	hctx, hcancel := context.WithTimeout(dctx, a.cfg.DrainTimeout/2)
+	if err := a.mesh.HandOver(hctx); err != nil {
+		a.log.Warn("shard handover did not finish", "err", err)
+	}
+	hcancel()
 	if err := a.node.Drain(dctx); err != nil {
 		a.log.Warn("drain did not finish", "err", err)
 	}
@@ -473,39 +517,6 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// Reload applies the live part of cfg — namespaces and token verification keys
-// (jwt_secret, jwt_keys, audience, issuer, leeway) — without a restart. Both are
-// validated first and applied only if both are valid, so a bad file is refused whole
-// and never half-applied. Other settings need a restart; they are ignored here.
-func (a *App) Reload(cfg Config) error {
-	nsList, err := cfg.NamespaceList()
-	if err != nil {
-		return err
-	}
-	if _, err := fabric.NewNamespaces(nsList); err != nil {
-		return fmt.Errorf("namespaces: %w", err)
-	}
-	if cfg.Dev && cfg.JWTSecret == "" && len(cfg.JWTKeys) == 0 {
-		cfg.JWTSecret = a.cfg.JWTSecret // keep the generated development secret
-	}
-	jc, err := cfg.JWTConfig()
-	if err != nil {
-		return err
-	}
-	if _, err := jwtauth.New(jc); err != nil {
-		return fmt.Errorf("jwt: %w", err)
-	}
-	// Both are valid: swap them. Neither Replace can fail on input New accepted.
-	if err := a.namespaces.Replace(nsList); err != nil {
-		return fmt.Errorf("namespaces: %w", err)
-	}
-	if err := a.verifier.Replace(jc); err != nil {
-		return fmt.Errorf("jwt: %w", err)
-	}
-	a.log.Info("configuration reloaded", "namespaces", len(nsList), "jwt_keys", len(jc.Keys))
-	return nil
-}
-
 // clusterConfig builds the mesh's cluster settings, or nil for a standalone node.
 func (a *App) clusterConfig() (*mesh.ClusterConfig, error) {
 	cfg := a.cfg
@@ -520,10 +531,6 @@ func (a *App) clusterConfig() (*mesh.ClusterConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip port %q: %w", port, err)
 	}
-	a.etcd, err = clientv3.New(clientv3.Config{Endpoints: cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return nil, fmt.Errorf("etcd: %w", err)
-	}
 	key := sha256.Sum256([]byte(cfg.GossipKey))
 	return &mesh.ClusterConfig{
 		Etcd:        a.etcd,
@@ -535,6 +542,16 @@ func (a *App) clusterConfig() (*mesh.ClusterConfig, error) {
 		PeerAddr:    cfg.PeerAddr,
 		PeerSecrets: [][]byte{[]byte(cfg.PeerSecret)},
 	}, nil
+}
+
+// dialEtcd creates the etcd client of a cluster member.
+func (a *App) dialEtcd() error {
+	c, err := clientv3.New(clientv3.Config{Endpoints: a.cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	a.etcd = c
+	return nil
 }
 
 func (a *App) closeEtcd() {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/roomcast/roomcast/fabric"
 	"github.com/roomcast/roomcast/internal/jwtauth"
+	"github.com/roomcast/roomcast/internal/liveconfig"
 )
 
 // defaultNamespaces are used when neither the config file nor live config names any:
@@ -85,18 +86,14 @@ type Config struct {
 	// of its nodes).
 	Quiet bool `yaml:"-"`
 
-	// Namespaces configure rooms (config file only). Empty: the embedded defaults.
+	// Namespaces configure rooms (config file, or the live config in etcd in cluster
+	// mode). Empty: the embedded defaults.
 	Namespaces []fabric.Namespace `yaml:"namespaces"`
 }
 
-// JWTKey is one token verification key in the config file.
-type JWTKey struct {
-	ID            string `yaml:"id"`
-	Algorithm     string `yaml:"algorithm"`
-	Secret        string `yaml:"secret"`
-	PublicKeyFile string `yaml:"public_key_file"`
-	PublicKey     string `yaml:"public_key"`
-}
+// JWTKey is one token verification key in the config file (and in the live config in
+// etcd, which shares the schema).
+type JWTKey = liveconfig.JWTKey
 
 // Defaults returns the documented defaults.
 func Defaults() Config {
@@ -155,6 +152,36 @@ func (c *Config) NamespaceList() ([]fabric.Namespace, error) {
 	if len(c.Namespaces) > 0 {
 		return c.Namespaces, nil
 	}
+	return defaultNamespaces()
+}
+
+// JWTConfig builds the token verifier's configuration.
+func (c *Config) JWTConfig() (jwtauth.Config, error) {
+	jc, err := c.liveDocument().JWTConfig()
+	if err != nil {
+		return jc, err
+	}
+	if len(jc.Keys) == 0 {
+		return jc, errors.New("no jwt key configured: set --jwt-secret (or jwt_keys in the config file), or run with --dev")
+	}
+	return jc, nil
+}
+
+// liveDocument returns the live part of c (namespaces as written, without the
+// embedded defaults), in the schema of the live config in etcd.
+func (c *Config) liveDocument() liveconfig.Document {
+	return liveconfig.Document{
+		Namespaces:  c.Namespaces,
+		JWTSecret:   c.JWTSecret,
+		JWTKeys:     c.JWTKeys,
+		JWTAudience: c.JWTAudience,
+		JWTIssuer:   c.JWTIssuer,
+		JWTLeeway:   c.JWTLeeway,
+	}
+}
+
+// defaultNamespaces returns the embedded namespaces used when no setting names any.
+func defaultNamespaces() ([]fabric.Namespace, error) {
 	var d struct {
 		Namespaces []fabric.Namespace `yaml:"namespaces"`
 	}
@@ -162,29 +189,6 @@ func (c *Config) NamespaceList() ([]fabric.Namespace, error) {
 		return nil, fmt.Errorf("embedded namespaces: %w", err)
 	}
 	return d.Namespaces, nil
-}
-
-// JWTConfig builds the token verifier's configuration.
-func (c *Config) JWTConfig() (jwtauth.Config, error) {
-	jc := jwtauth.Config{Audience: c.JWTAudience, Issuer: c.JWTIssuer, Leeway: c.JWTLeeway}
-	if c.JWTSecret != "" {
-		jc.Keys = append(jc.Keys, jwtauth.Key{Algorithm: "HS256", Secret: []byte(c.JWTSecret)})
-	}
-	for _, k := range c.JWTKeys {
-		key := jwtauth.Key{ID: k.ID, Algorithm: k.Algorithm, Secret: []byte(k.Secret), PublicKey: k.PublicKey}
-		if k.PublicKeyFile != "" {
-			b, err := os.ReadFile(k.PublicKeyFile)
-			if err != nil {
-				return jc, fmt.Errorf("jwt key %q: %w", k.ID, err)
-			}
-			key.PublicKey = string(b)
-		}
-		jc.Keys = append(jc.Keys, key)
-	}
-	if len(jc.Keys) == 0 {
-		return jc, errors.New("no jwt key configured: set --jwt-secret (or jwt_keys in the config file), or run with --dev")
-	}
-	return jc, nil
 }
 
 // Validate checks what the components do not check themselves.

@@ -1,7 +1,8 @@
 // Package cli implements the roomcast command-line verbs that drive a node over
 // its gRPC control API: publish, broadcast, send, join, leave, kick, presence,
 // stats, history, rooms, nodes, events and health, plus token, which mints
-// development client tokens locally.
+// development client tokens locally, and config get|set|delete, which read and
+// write a cluster's live configuration in etcd directly (ConfigCommand).
 //
 // The package holds no package-level mutable state. Commands returns a fresh set
 // of cobra commands on every call, and the global connection flags live on the
