@@ -492,7 +492,7 @@ func (c *Client) serve(s *session, cr *pb.ConnectResult) error {
 		if sub.status != subEstablished || auto[sub.room] {
 			continue
 		}
-		rejoins = append(rejoins, c.rejoinCallLocked(sub))
+		rejoins = append(rejoins, c.rejoinCallLocked(sub, false))
 	}
 	c.queue = append(rejoins, c.queue...)
 	c.mu.Unlock()
@@ -815,7 +815,7 @@ func (c *Client) handle(s *session, m *pb.ServerMessage) {
 	}
 	switch b := m.GetBody().(type) {
 	case *pb.ServerMessage_Message:
-		c.roomMessage(b.Message)
+		c.roomMessage(s, b.Message)
 	case *pb.ServerMessage_Ping:
 		if err := s.write(&pb.ClientCommand{Command: &pb.ClientCommand_Pong{Pong: &pb.PongCommand{}}}); err != nil {
 			s.drop(err)

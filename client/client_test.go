@@ -567,12 +567,19 @@ func TestStopCodes(t *testing.T) {
 				t.Errorf("reconnected as %s after a stop code", fc.id)
 			default:
 			}
+			// The state handler runs on the client's delivery goroutine: wait for the
+			// report of the close rather than reading what arrived so far.
 			var last StateChange
-			for len(states) > 0 {
-				last = <-states
+			deadline := time.After(10 * time.Second)
+			for last.To != StateClosed {
+				select {
+				case last = <-states:
+				case <-deadline:
+					t.Fatalf("no state change to closed; last = %+v", last)
+				}
 			}
-			if last.To != StateClosed || last.Err == nil {
-				t.Errorf("last state change = %+v", last)
+			if last.Err == nil || len(states) > 0 {
+				t.Errorf("state change to closed = %+v, then %d more", last, len(states))
 			}
 		})
 	}

@@ -9,6 +9,19 @@
 // false value means the application must re-sync that room from its own source of
 // truth, because messages may have been missed.
 //
+// Gaps in a live stream are repaired, never silent. Every message must follow the
+// last one delivered: its offset is the last offset plus one, in the same epoch or
+// in a new one (the room's owner handed the room over with its history). A repeat or
+// older offset is dropped as a duplicate; anything else is a gap (a delivery lost in
+// the cluster, or a new epoch starting again from 1 after an owner crashed). For a
+// room that keeps history the subscription then leaves and re-joins the room,
+// recovering from the last position it delivered (a membership the server made reads
+// the room's history instead); pushes arriving meanwhile wait and are deduplicated,
+// the recovered messages come first, and the join handler gets a JoinInfo with
+// Resync set and Recovered saying whether it worked (Gap() when not). At most one
+// re-sync per subscription is in flight. For a room without history the message is
+// delivered after a JoinInfo report with Resync set and Gap() true.
+//
 // The life of a Client:
 //
 //	disconnected → connecting → connected → disconnected → connecting → …

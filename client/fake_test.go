@@ -28,6 +28,7 @@ type fakeServer struct {
 
 	mu       sync.Mutex
 	epoch    string
+	past     map[string]bool // earlier epochs the stream went on from (handOver)
 	rooms    map[string][]*pb.RoomMessage
 	conns    []*fakeConn
 	seq      int
@@ -40,6 +41,7 @@ type fakeServer struct {
 	connectRooms []string        // rooms joined at connect
 	hold         map[string]bool // command kinds left unanswered
 	forbidden    map[string]bool // rooms whose join/publish is denied
+	noHistory    map[string]bool // rooms whose joins say recoverable=false
 }
 
 type fakeConn struct {
@@ -62,7 +64,7 @@ func newFakeServer(t *testing.T) *fakeServer {
 	t.Helper()
 	fs := &fakeServer{
 		t: t, epoch: "e1", rooms: map[string][]*pb.RoomMessage{}, accepted: make(chan *fakeConn, 64),
-		hold: map[string]bool{}, forbidden: map[string]bool{},
+		hold: map[string]bool{}, forbidden: map[string]bool{}, noHistory: map[string]bool{},
 	}
 	up := websocket.Upgrader{Subprotocols: []string{SubprotocolJSON, SubprotocolProto}}
 	fs.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -197,9 +199,9 @@ func (fs *fakeServer) join(fc *fakeConn, room string, from *pb.Position) *pb.Joi
 	fc.joined[room] = true
 	fc.mu.Unlock()
 	hist := fs.rooms[room]
-	jr := &pb.JoinResult{Room: room, Position: &pb.Position{Epoch: fs.epoch, Offset: uint64(len(hist))}, Recoverable: true}
-	if from != nil {
-		if from.GetEpoch() == fs.epoch && from.GetOffset() <= uint64(len(hist)) {
+	jr := &pb.JoinResult{Room: room, Position: &pb.Position{Epoch: fs.epoch, Offset: uint64(len(hist))}, Recoverable: !fs.noHistory[room]}
+	if from != nil && jr.Recoverable {
+		if fs.onStream(from) && from.GetOffset() <= uint64(len(hist)) {
 			jr.Recovered = true
 			jr.Messages = append(jr.Messages, hist[from.GetOffset():]...)
 		}
@@ -250,6 +252,9 @@ func (fs *fakeServer) reply(fc *fakeConn, cmd *pb.ClientCommand) *pb.ServerMessa
 	case *pb.ClientCommand_History:
 		fs.mu.Lock()
 		defer fs.mu.Unlock()
+		if since := c.History.GetSince(); since.GetEpoch() != "" && !fs.onStream(since) {
+			return errMsg(pb.ErrorCode_ERROR_CODE_BAD_REQUEST, "position of another epoch")
+		}
 		hist := fs.rooms[c.History.GetRoom()]
 		return &pb.ServerMessage{Body: &pb.ServerMessage_History{History: &pb.HistoryResult{
 			Messages: hist, Position: &pb.Position{Epoch: fs.epoch, Offset: uint64(len(hist))}}}}
@@ -293,10 +298,37 @@ func (fs *fakeServer) publish(room string, p *pb.Payload, from *pb.ClientInfo) *
 	return &pb.Position{Epoch: m.GetEpoch(), Offset: m.GetOffset()}
 }
 
+// record appends to room's history without pushing to anyone: a message the
+// connections in the room miss.
+func (fs *fakeServer) record(room string, p *pb.Payload) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	m := &pb.RoomMessage{Room: room, Epoch: fs.epoch, Offset: uint64(len(fs.rooms[room]) + 1), Payload: p}
+	fs.rooms[room] = append(fs.rooms[room], m)
+}
+
+// onStream reports whether p is a position of the current stream (fs.mu held).
+func (fs *fakeServer) onStream(p *pb.Position) bool {
+	return p.GetEpoch() == fs.epoch || fs.past[p.GetEpoch()]
+}
+
+// handOver starts a new epoch whose offsets go on from the old one's, keeping the
+// history, like a shard moving between live owners.
+func (fs *fakeServer) handOver(epoch string) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.past == nil {
+		fs.past = map[string]bool{}
+	}
+	fs.past[fs.epoch] = true
+	fs.epoch = epoch
+}
+
 // restart forgets every room and starts a new epoch.
 func (fs *fakeServer) restart(epoch string) {
 	fs.mu.Lock()
 	fs.epoch = epoch
+	fs.past = nil
 	fs.rooms = map[string][]*pb.RoomMessage{}
 	fs.mu.Unlock()
 }
@@ -326,6 +358,20 @@ func (fc *fakeConn) expect(t *testing.T, kind string) *pb.ClientCommand {
 		case <-deadline:
 			t.Fatalf("no %s command arrived", kind)
 			return nil
+		}
+	}
+}
+
+// buffered returns the commands fc received and no test consumed yet, without
+// waiting.
+func (fc *fakeConn) buffered() []*pb.ClientCommand {
+	var out []*pb.ClientCommand
+	for {
+		select {
+		case cmd := <-fc.cmds:
+			out = append(out, cmd)
+		default:
+			return out
 		}
 	}
 }

@@ -57,13 +57,35 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// procSpec is what identifies a node process across restarts: its name and addresses.
+type procSpec struct {
+	i                                             int
+	name                                          string
+	clientAddr, controlAddr, gossipAddr, peerAddr string
+	drain                                         time.Duration
+}
+
+func newProcSpec(t *testing.T, i int) procSpec {
+	return procSpec{
+		i: i, name: fmt.Sprintf("proc-%d-%d", i, time.Now().UnixNano()%1e6),
+		clientAddr: freeAddr(t), controlAddr: freeAddr(t), gossipAddr: freeAddr(t), peerAddr: freeAddr(t),
+		drain: time.Second,
+	}
+}
+
 // startProc starts one cluster node process; t.Cleanup kills it and closes its
 // control client.
 func startProc(t *testing.T, bin string, etcd []string, i int) *procNode {
+	return newProcSpec(t, i).start(t, bin, etcd)
+}
+
+// start starts the node process of spec (again, for a restart: same name and
+// addresses, a new incarnation).
+func (spec procSpec) start(t *testing.T, bin string, etcd []string) *procNode {
 	t.Helper()
-	clientAddr, controlAddr := freeAddr(t), freeAddr(t)
+	i, clientAddr, controlAddr := spec.i, spec.clientAddr, spec.controlAddr
 	n := &procNode{
-		name:    fmt.Sprintf("proc-%d-%d", i, time.Now().UnixNano()%1e6),
+		name:    spec.name,
 		wsURL:   "ws://" + clientAddr + "/ws",
 		logPath: filepath.Join(t.TempDir(), fmt.Sprintf("node%d.log", i)),
 		exited:  make(chan struct{}),
@@ -79,12 +101,12 @@ func startProc(t *testing.T, bin string, etcd []string, i int) *procNode {
 		"--admin-addr", "127.0.0.1:0",
 		"--jwt-secret", testnode.Secret,
 		"--control-token", testnode.ControlToken,
-		"--log-level", "warn",
-		"--drain-timeout", "1s",
+		"--log-level", "info",
+		"--drain-timeout", spec.drain.String(),
 		"--etcd-endpoints", etcd[0],
 		"--cluster-name", "proc",
-		"--gossip-addr", freeAddr(t),
-		"--peer-addr", freeAddr(t),
+		"--gossip-addr", spec.gossipAddr,
+		"--peer-addr", spec.peerAddr,
 		"--gossip-key", testnode.ClusterKey,
 		"--peer-secret", testnode.ClusterSecret,
 	)
@@ -217,6 +239,28 @@ func (l *publishLog) firstOK(f func(publishOK) bool) (publishOK, bool) {
 	return publishOK{}, false
 }
 
+// waitProcCluster waits until every node sees all of them, with every shard owned.
+func waitProcCluster(t *testing.T, nodes []*procNode) {
+	t.Helper()
+	for _, nd := range nodes {
+		pollUntil(t, 30*time.Second, fmt.Sprintf("cluster of %d with 256 shards owned", len(nodes)), func() (bool, string) {
+			select {
+			case <-nd.exited:
+				t.Fatalf("node %s exited during startup", nd.name)
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			r, err := nd.control.ListNodes(ctx, &pb.ListNodesRequest{})
+			shards := uint32(0)
+			for _, info := range r.GetNodes() {
+				shards += info.GetShards()
+			}
+			return err == nil && len(r.GetNodes()) == len(nodes) && shards == 256, fmt.Sprintf("%v %v", r, err)
+		})
+	}
+}
+
 // pollUntil polls cond until it holds or the deadline passes; the deadline is a
 // failure bound, not a pace.
 func pollUntil(t *testing.T, bound time.Duration, what string, cond func() (bool, string)) {
@@ -262,23 +306,7 @@ func runKill9(t *testing.T, bin string, killOwner bool) {
 	for i := range 3 {
 		nodes = append(nodes, startProc(t, bin, etcd.Endpoints(), i))
 	}
-	for _, nd := range nodes {
-		pollUntil(t, 20*time.Second, "cluster of 3 with 256 shards owned", func() (bool, string) {
-			select {
-			case <-nd.exited:
-				t.Fatalf("node %s exited during startup", nd.name)
-			default:
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			r, err := nd.control.ListNodes(ctx, &pb.ListNodesRequest{})
-			shards := uint32(0)
-			for _, info := range r.GetNodes() {
-				shards += info.GetShards()
-			}
-			return err == nil && len(r.GetNodes()) == 3 && shards == 256, fmt.Sprintf("%v %v", r, err)
-		})
-	}
+	waitProcCluster(t, nodes)
 
 	room := pickRoom(t, nodes)
 	users := []string{"u0", "u1"}

@@ -130,10 +130,13 @@ function onJoin(v: RoomView, j: JoinInfo) {
     // Honest: messages may have been missed. Say so, and re-sync from the server.
     const n = notice(v.name, j.recoveryAsked
       ? "⚠ the missed messages could not be recovered (the room's history did not survive) — re-synced from the server"
-      : "⚠ reconnected without history for this room — messages may have been missed");
+      : j.resync
+        ? "⚠ messages were missed in the live stream and this room keeps no history"
+        : "⚠ reconnected without history for this room — messages may have been missed");
     void backfill(v, j.position, n?.nextSibling ?? null);
   } else if (j.rejoin && j.missed > 0) {
-    notice(v.name, `reconnected: ${j.missed} missed message${j.missed > 1 ? "s" : ""} recovered`, "ok");
+    const s = j.missed > 1 ? "s" : "";
+    notice(v.name, j.resync ? `gap in the live stream: ${j.missed} missed message${s} recovered` : `reconnected: ${j.missed} missed message${s} recovered`, "ok");
   } else if (!j.rejoin) {
     void backfill(v, j.position, v.list.firstChild);
   }

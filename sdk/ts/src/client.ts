@@ -4,11 +4,12 @@ import {
   type ClientCommand,
   type ConnectResult,
   type Disconnect,
+  JoinResultSchema,
   type JoinResult,
   type Limits,
   type ServerMessage,
 } from "./gen/roomcast/v1/client_pb.js";
-import { ErrorCode } from "./gen/roomcast/v1/common_pb.js";
+import { ErrorCode, type RoomMessage } from "./gen/roomcast/v1/common_pb.js";
 import { backoffDelay, makeBackoff, type Backoff } from "./backoff.js";
 import {
   SUBPROTOCOL_JSON,
@@ -905,7 +906,7 @@ export class Client {
         const sub = this.subs.get(b.value.room);
         if (!sub) return; // left meanwhile
         if (sub.status === "pending" || sub.status === "rejoining") sub.early.push(b.value);
-        else if (sub.status === "established") sub.accept(b.value, (msg, d) => this.log.warn?.(msg, d));
+        else if (sub.status === "established") this.accept(sub, b.value, s);
         return;
       }
       case "ping":
@@ -951,44 +952,138 @@ export class Client {
   }
 
   /** Records a join's result, delivers its report and recovered messages, then pushes that raced ahead of it. */
-  private applyJoin(sub: Subscription, jr: JoinResult, from: Position | undefined, rejoin: boolean, server: boolean): void {
+  private applyJoin(sub: Subscription, jr: JoinResult, from: Position | undefined, rejoin: boolean, server: boolean, resync = false): void {
     const room = posFromPB(jr.position);
     const recovered = from !== undefined && jr.recovered;
     const info: JoinInfo = {
       room: sub.room,
       position: room,
       recoverable: jr.recoverable,
-      rejoin,
+      rejoin: rejoin || resync,
+      resync,
       server,
       recoveryAsked: from !== undefined,
       recovered,
       missed: recovered ? jr.messages.length : 0,
-      gap: rejoin && !recovered,
+      gap: (rejoin || resync) && !recovered,
     };
     sub.status = "established";
     sub.recoverable = info.recoverable;
     sub.last = info;
     sub.events.emit("join", info);
-    const warn = (msg: string, d: object) => this.log.warn?.(msg, d);
     if (recovered) {
+      if (from.epoch !== sub.pos.epoch) sub.prevEpoch = "";
       sub.pos = { ...from };
-      for (const m of jr.messages) sub.accept(m, warn);
+      for (const m of jr.messages) this.accept(sub, m);
     }
-    if (sub.pos.epoch !== room.epoch || sub.pos.offset < room.offset) sub.pos = room;
-    const early = sub.early;
-    sub.early = [];
-    for (const m of early) sub.accept(m, warn);
+    if (sub.pos.epoch !== room.epoch || sub.pos.offset < room.offset) {
+      if (sub.pos.epoch !== room.epoch) {
+        // Handed over with nothing published since, or a new stream.
+        sub.prevEpoch = recovered && sub.pos.offset === room.offset ? sub.pos.epoch : "";
+      }
+      sub.pos = room;
+    }
+    this.drainEarly(sub);
   }
 
-  /** Builds the re-join of sub, recovering from its last position when the room keeps history. */
-  private rejoinCall(sub: Subscription): Call {
+  /** Delivers the pushes that arrived before a join's reply. */
+  private drainEarly(sub: Subscription): void {
+    const early = sub.early;
+    sub.early = [];
+    for (const m of early) this.accept(sub, m);
+  }
+
+  /**
+   * Delivers m unless it was delivered already. A gap before m (see
+   * Subscription.follows) found on a live push (live is the session it came on) in a
+   * room that keeps history starts a re-sync, and m waits for it. Anywhere else (a
+   * room without history, messages of a join reply or of a history read) the gap is
+   * reported to the join listeners before m is delivered: recovering again what the
+   * server just answered could loop.
+   */
+  private accept(sub: Subscription, m: RoomMessage, live?: Session): void {
+    switch (sub.follows(m)) {
+      case "dup":
+        sub.dups++;
+        return;
+      case "gap": {
+        sub.gaps++;
+        const d = { room: sub.room, after: { ...sub.pos }, got: { epoch: m.epoch, offset: Number(m.offset) } };
+        if (live && sub.recoverable) {
+          this.log.info?.("gap in room stream, re-joining to recover", d);
+          this.resync(sub, m, live);
+          return;
+        }
+        this.log.warn?.("gap in room stream", d);
+        this.reportGap(sub, m);
+      }
+    }
+    sub.deliver(m);
+  }
+
+  /**
+   * Starts repairing a gap before m, a push that came on s: it leaves the room and
+   * re-joins it, recovering from the last position delivered, or, for a membership the
+   * server made (which the client may have no right to re-join), it reads the room's
+   * history after that position. m and the pushes that follow wait in sub.early for
+   * the reply, which delivers the recovered messages first and drops what they cover.
+   * The subscription is rejoining meanwhile, so at most one re-sync is in flight.
+   */
+  private resync(sub: Subscription, m: RoomMessage, s: Session): void {
+    if (this.sess !== s || s.dead) return; // the connection is ending: the reconnect re-joins from sub.pos
+    sub.early.push(m);
+    if (sub.last?.server) {
+      const read = this.historyCall(sub, { ...sub.pos });
+      read.sess = s;
+      s.pending.set(read.id, read);
+      s.write(read.cmd);
+      return;
+    }
+    this.sendAside(s, leaveCmd(sub.room));
+    const join = this.rejoinCall(sub, true);
+    join.sess = s;
+    s.pending.set(join.id, join);
+    s.write(join.cmd);
+  }
+
+  /** Tells the join listeners that messages were missed before m, which is delivered next. */
+  private reportGap(sub: Subscription, m: RoomMessage): void {
+    const off = Number(m.offset);
+    const info: JoinInfo = {
+      room: sub.room,
+      position: { epoch: m.epoch, offset: off > 0 ? off - 1 : 0 },
+      recoverable: sub.recoverable,
+      rejoin: true,
+      resync: true,
+      server: sub.last?.server ?? false,
+      recoveryAsked: false,
+      recovered: false,
+      missed: 0,
+      gap: true,
+    };
+    sub.last = info;
+    sub.events.emit("join", info);
+  }
+
+  /**
+   * Builds the re-join of sub, after a reconnect or to repair a gap in the live stream
+   * (resync), recovering from its last position when the room keeps history.
+   */
+  private rejoinCall(sub: Subscription, resync = false): Call {
     const from = sub.recoverable && sub.pos.epoch !== "" ? { ...sub.pos } : undefined;
     sub.status = "rejoining";
     const cl: Call = {
       id: this.newID(),
       cmd: command(0, { case: "join", value: { room: sub.room, recoverFrom: from ? posToPB(from) : undefined } }),
       done: (m, err) => {
-        if (sub.status !== "rejoining") return;
+        if (sub.status !== "rejoining") {
+          // Left (or closed) while the re-join was on its way: leave on the server too,
+          // unless the room is wanted again.
+          if (!err && m?.body.case === "join" && sub.status === "ended" && !this.subs.has(sub.room) && this.sess) {
+            this.sendAside(this.sess, leaveCmd(sub.room));
+          }
+          return;
+        }
         if (err) {
           sub.status = "established"; // try again at the next connect
           sub.early = [];
@@ -1004,13 +1099,52 @@ export class Client {
           }
           if (e.code === ErrorCode.ALREADY_JOINED) {
             sub.status = "established"; // the server joined us itself
+            if (resync) this.drainEarly(sub); // the gap cannot be repaired: report it
             return;
           }
           this.log.warn?.("re-join failed", { room: sub.room, error: e.message });
           this.endSub(sub, e);
           return;
         }
-        this.applyJoin(sub, m!.body.value as JoinResult, from, true, false);
+        this.applyJoin(sub, m!.body.value as JoinResult, from, true, false, resync);
+      },
+    };
+    cl.cmd.id = cl.id;
+    return cl;
+  }
+
+  /**
+   * Builds the re-sync of a membership the server made: a read of the history of sub's
+   * room after from, applied like a join recovering from from, recovered only when the
+   * history holds every message after from up to the room's position. Whether from is
+   * on the room's current stream (the same epoch, or an earlier one the offsets went on
+   * from) is the server's call: it refuses a position of another stream, and then
+   * nothing is recovered. It makes sub wait for the reply.
+   */
+  private historyCall(sub: Subscription, from: Position): Call {
+    sub.status = "rejoining";
+    const cl: Call = {
+      id: this.newID(),
+      cmd: command(0, { case: "history", value: { room: sub.room, since: posToPB(from) } }),
+      done: (m, err) => {
+        if (sub.status !== "rejoining") return;
+        if (err) {
+          sub.status = "established"; // try again at the next connect
+          sub.early = [];
+          return;
+        }
+        const h = m!.body.case === "history" ? m!.body.value : undefined;
+        if (m!.error || !h) {
+          // No position to go on from: the message after the gap, waiting in
+          // sub.early, reports it.
+          sub.status = "established";
+          this.drainEarly(sub);
+          return;
+        }
+        const end = posFromPB(h.position);
+        const run = recoveredRun(from, end, h.messages);
+        const res = create(JoinResultSchema, { room: sub.room, position: h.position, recoverable: true, recovered: !!run, messages: run ?? [] });
+        this.applyJoin(sub, res, from, true, true, true);
       },
     };
     cl.cmd.id = cl.id;
@@ -1025,6 +1159,20 @@ export class Client {
 
 function command(id: number, cmd: Cmd): ClientCommand {
   return create(ClientCommandSchema, { id, command: cmd });
+}
+
+/** The messages of hist that follow from without a hole, up to the offset of to; undefined when they do not reach it. */
+function recoveredRun(from: Position, to: Position, hist: RoomMessage[]): RoomMessage[] | undefined {
+  const run: RoomMessage[] = [];
+  let next = from.offset + 1;
+  for (const m of hist) {
+    const off = Number(m.offset);
+    if (off < next || off > to.offset) continue;
+    if (off !== next) break; // a hole: not recoverable
+    run.push(m);
+    next++;
+  }
+  return next === to.offset + 1 ? run : undefined;
 }
 
 function leaveCmd(room: string): Cmd {

@@ -11,8 +11,21 @@ export interface JoinInfo {
   position: Position;
   /** True when the room keeps history, so a later re-join can recover missed messages. */
   recoverable: boolean;
-  /** False for the first join of a subscription, true for every join after a reconnect. */
+  /**
+   * False for the first join of a subscription, true for every join after a reconnect
+   * and for every report of a gap in the live stream (`resync`).
+   */
   rejoin: boolean;
+  /**
+   * True when the report is about a gap found in the live stream, not about a
+   * reconnect. For a room that keeps history the client left and re-joined it,
+   * recovering from the last position it delivered (for a membership the server made,
+   * which the client may have no right to re-join, it read the room's history
+   * instead); `recovered` says whether that worked. For a room without history no join
+   * took place: the report only says that messages were missed before the message that
+   * follows it, whose offset is `position.offset + 1`.
+   */
+  resync: boolean;
   /** True when the join asked to recover from a position. */
   recoveryAsked: boolean;
   /**
@@ -25,8 +38,9 @@ export interface JoinInfo {
   /** True when the server made the join (token rooms, the backend). */
   server: boolean;
   /**
-   * True when messages may have been missed before this join: a re-join that did not
-   * recover. The application should re-sync the room from its own source of truth.
+   * True when messages may have been missed before this join: a re-join (or a gap in
+   * the live stream) that did not recover. The application should re-sync the room
+   * from its own source of truth.
    */
   gap: boolean;
 }
@@ -57,18 +71,22 @@ export interface JoinOptions extends CommandOptions {
 /**
  * Subscription is the client's membership of one room. It delivers the room's
  * messages in offset order and without duplicates, also across reconnects, and tells
- * after each re-join whether the missed messages were recovered. Messages that arrive
+ * after each re-join whether the missed messages were recovered. A gap in the live
+ * stream is repaired by a re-join with recovery, or reported (see JoinInfo.resync).
+ * Messages that arrive
  * while no "message" listener is attached are kept (up to 10,000) and delivered to
  * the first listener added.
  */
 export class Subscription {
   /** @internal */ status: SubStatus = "pending";
   /** @internal */ pos: Position = { epoch: "", offset: 0 };
+  /** @internal The epoch before pos's, when the stream went on across a handover. */ prevEpoch = "";
   /** @internal */ recoverable = false;
   /** @internal */ last?: JoinInfo;
   /** @internal */ early: RoomMessage[] = [];
   /** @internal */ err?: Error;
   /** @internal */ dups = 0;
+  /** @internal */ gaps = 0;
   /** @internal */ held: Message[] = [];
   /** @internal */ readonly events: Emitter<SubscriptionEvents>;
   private readonly endedP: Promise<Error>;
@@ -131,6 +149,15 @@ export class Subscription {
     return this.dups;
   }
 
+  /**
+   * How many gaps were found in the live stream: each one made the subscription
+   * re-join the room with recovery or, when it could not, report the gap (see
+   * JoinInfo.resync).
+   */
+  get resyncs(): number {
+    return this.gaps;
+  }
+
   /** Publishes to the subscription's room. */
   publish(data: Data, opts?: PublishOptions): Promise<Position> {
     return this.client.publish(this.room, data, opts);
@@ -144,15 +171,26 @@ export class Subscription {
     return this.client.leaveSub(this, opts);
   }
 
-  /** @internal Records a message unless it was delivered already. */
-  accept(m: RoomMessage, warn: (msg: string, data: object) => void): void {
+  /**
+   * @internal Says how m relates to the last message delivered. It must follow it:
+   * its offset is the last offset plus one, in the same epoch or, when the room's
+   * owner handed the room over, a new one. An older offset of the same epoch (or of
+   * the epoch before a handover) is a duplicate; anything else is a gap.
+   */
+  follows(m: RoomMessage): "next" | "dup" | "gap" {
     const off = Number(m.offset);
-    if (m.epoch === this.pos.epoch && off <= this.pos.offset) {
-      this.dups++;
-      return;
-    }
-    if (m.epoch === this.pos.epoch && off > this.pos.offset + 1) {
-      warn("gap in room stream", { room: this.room, after: this.pos.offset, got: off });
+    if (this.pos.epoch === "" && this.pos.offset === 0) return "next"; // nothing to compare with yet
+    if ((m.epoch === this.pos.epoch || m.epoch === this.prevEpoch) && off <= this.pos.offset) return "dup";
+    return off === this.pos.offset + 1 ? "next" : "gap";
+  }
+
+  /** @internal Delivers m and makes its position the last one. */
+  deliver(m: RoomMessage): void {
+    const off = Number(m.offset);
+    if (m.epoch !== this.pos.epoch) {
+      // After a handover the stream goes on and late messages of the old epoch are
+      // duplicates; after any other change of epoch it is a new stream.
+      this.prevEpoch = this.pos.epoch !== "" && off === this.pos.offset + 1 ? this.pos.epoch : "";
     }
     this.pos = { epoch: m.epoch, offset: off };
     const msg = messageFromPB(m);

@@ -14,6 +14,8 @@ export type ServerInit = MessageInitShape<typeof ServerMessageSchema>;
 
 export class FakeRoom {
   epoch = "e1";
+  /** Earlier epochs the stream went on from (handOver). */
+  past = new Set<string>();
   messages: RoomMessage[] = [];
   constructor(public name: string, public history = true) {}
   get offset(): number {
@@ -32,7 +34,17 @@ export class FakeRoom {
   /** Restarts the stream under a new epoch, losing history. */
   restart(epoch: string): void {
     this.epoch = epoch;
+    this.past.clear();
     this.messages = [];
+  }
+  /** Starts a new epoch whose offsets go on, keeping history: the room moved between live owners. */
+  handOver(epoch: string): void {
+    this.past.add(this.epoch);
+    this.epoch = epoch;
+  }
+  /** Reports whether a position of epoch is on the room's current stream. */
+  onStream(epoch: string): boolean {
+    return epoch === this.epoch || this.past.has(epoch);
   }
 }
 
@@ -112,7 +124,7 @@ export class FakeServer {
         const from = c.value.recoverFrom;
         let recovered = false;
         let messages: RoomMessage[] = [];
-        if (from && r.history && from.epoch === r.epoch) {
+        if (from && r.history && r.onStream(from.epoch)) {
           recovered = true;
           messages = r.messages.slice(Number(from.offset));
         }
@@ -134,6 +146,21 @@ export class FakeServer {
         m.payload = p;
         for (const s of this.sockets) if (s.readyState === 1 && s.joined.has(r.name)) s.push({ body: { case: "message", value: m } });
         return ws.push({ id: cmd.id, body: { case: "publish", value: { position: { epoch: r.epoch, offset: m.offset } } } });
+      }
+      case "history": {
+        const r = this.room(c.value.room);
+        const since = c.value.since;
+        if (since && since.epoch !== "" && !r.onStream(since.epoch)) {
+          return ws.push({ id: cmd.id, error: { code: 101, message: "position of another epoch" } });
+        }
+        const after = since ? Number(since.offset) : 0;
+        return ws.push({
+          id: cmd.id,
+          body: {
+            case: "history",
+            value: { messages: r.messages.filter((m) => Number(m.offset) > after), position: { epoch: r.epoch, offset: BigInt(r.offset) } },
+          },
+        });
       }
       case "refresh":
         return ws.push({
