@@ -105,6 +105,10 @@ type cluster struct {
 	ids     map[string]string // live node name -> gossip ID
 	addrs   map[string]string // gossip ID -> peer address
 	mapWait chan struct{}     // closed and replaced whenever a new map was applied
+	// applied is the revision of the last map whose departures were applied (the
+	// shards that moved away stopped and were stashed); MaxInt64 while fenced, when
+	// everything served until then is stashed.
+	applied atomic.Int64
 
 	// hoMu guards handoffs: owner state of shards that moved away, kept for their
 	// next owner (see handover.go).
@@ -420,19 +424,22 @@ func (c *cluster) apply(mp *shardmap.Map) {
 			c.m.forgetShard(i)
 		}
 	}
-	c.mu.Lock()
-	close(c.mapWait)
-	c.mapWait = make(chan struct{})
-	c.mu.Unlock()
+	c.applied.Store(mp.Revision)
+	c.wakeMapWaiters()
 	if len(shards) > 0 {
 		start := time.Now()
 		c.rebuild(shards, epochs)
 		c.m.log.Info("shards acquired", "shards", len(shards), "rebuild", time.Since(start), "revision", mp.Revision)
-		c.mu.Lock()
-		close(c.mapWait)
-		c.mapWait = make(chan struct{})
-		c.mu.Unlock()
+		c.wakeMapWaiters()
 	}
+}
+
+// wakeMapWaiters wakes every waitMap.
+func (c *cluster) wakeMapWaiters() {
+	c.mu.Lock()
+	close(c.mapWait)
+	c.mapWait = make(chan struct{})
+	c.mu.Unlock()
 }
 
 // waitMap waits until the map is newer than rev or a rebuild finished, bounded by ctx
@@ -704,7 +711,7 @@ func (c *cluster) serve(env *meshv1.Envelope) *meshv1.Envelope {
 			p := posFromWire(r.RecoverFrom)
 			from = &p
 		}
-		res, err := m.joinLocal(ctx, r.GetRoom(), clientFromWire(r.GetClient()), from, e)
+		res, err := m.joinLocal(ctx, r.GetRoom(), clientFromWire(r.GetClient()), from, r.GetAttempt(), e)
 		return reply(&meshv1.Envelope{Body: &meshv1.Envelope_JoinReply{JoinReply: &meshv1.JoinReply{
 			Position: posToWire(res.Pos), Recovered: res.Recovered, Missed: messagesToWire(res.Missed)}}}, err)
 	case *meshv1.Envelope_Leave:

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"math"
 	"time"
 
 	"github.com/roomcast/roomcast/mesh/registry"
@@ -52,6 +53,8 @@ func (c *cluster) refence(old *coord) {
 			c.stashShard(i, served+1) // fence operations already past the ownership check
 		}
 	}
+	c.applied.Store(math.MaxInt64) // everything served is stashed: rebuilds may take it
+	c.wakeMapWaiters()
 	_ = old.sm.Close()
 	_ = old.reg.Close() // revokes the old lease if etcd still has it, so the ID is free
 	backoff := 100 * time.Millisecond

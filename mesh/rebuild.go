@@ -161,7 +161,9 @@ func (c *cluster) serveRebuild(ctx context.Context, req *meshv1.RebuildRequest) 
 		}
 	}
 	deadline := time.Now().Add(c.cfg.RebuildTimeout)
-	for c.smap().Current().Revision < newest && time.Now().Before(deadline) && ctx.Err() == nil {
+	// Applied, not merely received: the shards this node served until that map are
+	// stashed by then, so the reply carries their handoffs.
+	for c.applied.Load() < newest && time.Now().Before(deadline) && ctx.Err() == nil {
 		c.waitMap(ctx, c.smap().Current().Revision, 20*time.Millisecond)
 	}
 	return &meshv1.Envelope{Body: &meshv1.Envelope_RebuildReply{RebuildReply: c.localState(want)}}

@@ -38,7 +38,15 @@ type room struct {
 // member is one user present in a room.
 type member struct {
 	info  []byte
-	conns []string // join order
+	conns []string   // join order
+	marks []joinMark // per connection, parallel to conns
+}
+
+// joinMark is how a connection's registration came about: the join attempt that
+// made it (0: rebuilt, or a mesh of one) and the room's offset at that moment.
+type joinMark struct {
+	attempt uint64
+	at      uint64
 }
 
 // idemKeys remembers publish idempotency keys until their window ends.
@@ -282,7 +290,7 @@ func (m *Mesh) publishLocal(ctx context.Context, p fabric.Publication, e ep) (fa
 // after JoinResult.Pos. With recoverFrom it also returns the messages after that
 // position, or Recovered=false when they are not all retained (another epoch, too
 // old, in the future, or a namespace without history).
-func (m *Mesh) joinLocal(ctx context.Context, roomName string, ci fabric.ClientInfo, recoverFrom *fabric.Position, e ep) (fabric.JoinResult, error) {
+func (m *Mesh) joinLocal(ctx context.Context, roomName string, ci fabric.ClientInfo, recoverFrom *fabric.Position, attempt uint64, e ep) (fabric.JoinResult, error) {
 	if err := ctx.Err(); err != nil {
 		return fabric.JoinResult{}, err
 	}
@@ -301,8 +309,11 @@ func (m *Mesh) joinLocal(ctx context.Context, roomName string, ci fabric.ClientI
 	defer r.mu.Unlock()
 	r.expire(m, ns, now)
 	mem := r.members[ci.User]
-	if mem != nil && slices.Contains(mem.conns, ci.Conn) {
-		return fabric.JoinResult{}, fabric.Errorf(fabric.CodeAlreadyJoined, "connection %s already joined room %q", ci.Conn, roomName)
+	if i := mem.index(ci.Conn); i >= 0 {
+		if attempt == 0 {
+			return fabric.JoinResult{}, fabric.Errorf(fabric.CodeAlreadyJoined, "connection %s already joined room %q", ci.Conn, roomName)
+		}
+		return r.rejoin(mem, i, recoverFrom, attempt, ns, e), nil
 	}
 	if mem == nil && ns.MaxMembers > 0 && len(r.members) >= ns.MaxMembers {
 		m.dropIfEmpty(s, r)
@@ -316,12 +327,47 @@ func (m *Mesh) joinLocal(ctx context.Context, roomName string, ci fabric.ClientI
 		res.Missed, res.Recovered = r.recover(*recoverFrom, e.s)
 	}
 	first := r.addConn(ci)
+	mem = r.members[ci.User]
+	mem.marks[len(mem.marks)-1].attempt = attempt
 	if first && ns.JoinLeave {
 		m.edge().DeliverMembership(roomName, ci, true)
 		m.fanMembership(r, ci, true, e)
 		m.emit(fabric.Event{Type: fabric.EventJoin, Conn: ci.Conn, User: ci.User, Room: roomName})
 	}
 	return res, nil
+}
+
+// index returns the position of conn among mem's connections (-1: none).
+func (mem *member) index(conn string) int {
+	if mem == nil {
+		return -1
+	}
+	return slices.Index(mem.conns, conn)
+}
+
+// rejoin answers a join (attempt != 0) for a connection the room already has
+// (r.mu held). The same attempt means the first try was applied and its reply lost:
+// the answer is that registration's position, and recovery stops there, since the
+// joining edge has buffered every delivery after it. Another attempt finds a
+// registration the edge does not know of (rebuilt by a new owner from the edge's
+// own ledger, or a leave that never arrived): it is registered again, at the current
+// position. No join event either way: the user was a member all along.
+func (r *room) rejoin(mem *member, i int, recoverFrom *fabric.Position, attempt uint64, ns *fabric.Namespace, e ep) fabric.JoinResult {
+	mk := &mem.marks[i]
+	if mk.attempt != attempt {
+		*mk = joinMark{attempt: attempt, at: r.offset}
+	}
+	res := fabric.JoinResult{Pos: fabric.Position{Epoch: e.s, Offset: mk.at}, Recoverable: ns.HistorySize > 0}
+	if recoverFrom != nil && ns.HistorySize > 0 {
+		missed, ok := r.recover(*recoverFrom, e.s)
+		res.Recovered = ok
+		for _, msg := range missed {
+			if msg.Pos.Offset <= mk.at {
+				res.Missed = append(res.Missed, msg)
+			}
+		}
+	}
+	return res
 }
 
 // addConn registers ci as a member (r.mu held) and reports whether it is the user's
@@ -337,6 +383,7 @@ func (r *room) addConn(ci fabric.ClientInfo) bool {
 		r.members[ci.User] = mem
 	}
 	mem.conns = append(mem.conns, ci.Conn)
+	mem.marks = append(mem.marks, joinMark{at: r.offset})
 	r.conns++
 	if node := fabric.NodeOfConn(ci.Conn); node != "" {
 		if r.nodes == nil {
@@ -397,6 +444,7 @@ func (m *Mesh) leaveLocked(s *shard, r *room, ns *fabric.Namespace, ci fabric.Cl
 		return fabric.Errorf(fabric.CodeNotJoined, "connection %s is not in room %q", ci.Conn, r.name)
 	}
 	mem.conns = slices.Delete(mem.conns, i, i+1)
+	mem.marks = slices.Delete(mem.marks, i, i+1)
 	r.conns--
 	if node := fabric.NodeOfConn(ci.Conn); node != "" && r.nodes != nil {
 		if r.nodes[node]--; r.nodes[node] <= 0 {

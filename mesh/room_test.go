@@ -496,3 +496,46 @@ func TestListRooms(t *testing.T) {
 		t.Fatalf("all rooms %+v more=%v", all, more)
 	}
 }
+
+// A join retried after its reply was lost gets the first registration's position
+// and only the missed messages up to it (the joining edge buffered the rest); a join
+// by another attempt for a registered connection re-registers it at the current
+// position; a plain duplicate join is refused.
+func TestJoinRetriedAttempt(t *testing.T) {
+	env := newTestEnv(t)
+	m := env.m
+	ctx := context.Background()
+	e := ep{s: m.epoch}
+	room := "log:retry"
+	pub := func() fabric.Position {
+		t.Helper()
+		pos, err := m.Publish(ctx, fabric.Publication{Room: room, Payload: fabric.Payload{Data: []byte(`1`)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pos
+	}
+	p1 := pub()
+	pub()
+	ci := fabric.ClientInfo{User: "u", Conn: "c1@" + testNode}
+	first, err := m.joinLocal(ctx, room, ci, &p1, 7, e)
+	if err != nil || !first.Recovered || len(first.Missed) != 1 || first.Pos.Offset != 2 {
+		t.Fatalf("first join: %+v %v", first, err)
+	}
+	pub() // offset 3: the edge buffers it for the joining connection
+	again, err := m.joinLocal(ctx, room, ci, &p1, 7, e)
+	if err != nil || again.Pos != first.Pos || !again.Recovered || len(again.Missed) != 1 || again.Missed[0].Pos.Offset != 2 {
+		t.Fatalf("retried join: %+v %v, first %+v", again, err, first)
+	}
+	other, err := m.joinLocal(ctx, room, ci, nil, 9, e)
+	if err != nil || other.Pos.Offset != 3 {
+		t.Fatalf("join by another attempt: %+v %v", other, err)
+	}
+	if _, err := m.joinLocal(ctx, room, ci, nil, 0, e); !errors.Is(err, fabric.ErrAlreadyJoined) {
+		t.Fatalf("duplicate join without an attempt: %v", err)
+	}
+	ms, err := m.Presence(ctx, room)
+	if err != nil || len(ms) != 1 || len(ms[0].Conns) != 1 {
+		t.Fatalf("presence: %+v %v", ms, err)
+	}
+}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"sync"
@@ -54,7 +55,7 @@ func (m *Mesh) Publish(ctx context.Context, p fabric.Publication) (fabric.Positi
 // old, in the future, or a namespace without history).
 func (m *Mesh) Join(ctx context.Context, room string, ci fabric.ClientInfo, recoverFrom *fabric.Position) (fabric.JoinResult, error) {
 	if m.cl == nil {
-		return m.joinLocal(ctx, room, ci, recoverFrom, ep{s: m.epoch})
+		return m.joinLocal(ctx, room, ci, recoverFrom, 0, ep{s: m.epoch})
 	}
 	ns, err := m.lookupRoom(room)
 	if err != nil {
@@ -67,13 +68,15 @@ func (m *Mesh) Join(ctx context.Context, room string, ci fabric.ClientInfo, reco
 	// meanwhile finds the member; undone if the join fails.
 	added := m.keepsLedger() && m.ledger.add(room, ci)
 	var res fabric.JoinResult
-	req := &meshv1.JoinRequest{Room: room, Client: clientToWire(ci)}
+	// One attempt across the retries of this join (see JoinRequest.attempt).
+	attempt := rand.Uint64() | 1
+	req := &meshv1.JoinRequest{Room: room, Client: clientToWire(ci), Attempt: attempt}
 	if recoverFrom != nil {
 		req.RecoverFrom = posToWire(*recoverFrom)
 	}
 	err = m.cl.routeRoom(ctx, room, true,
 		func(e ep) (err error) {
-			res, err = m.joinLocal(ctx, room, ci, recoverFrom, e)
+			res, err = m.joinLocal(ctx, room, ci, recoverFrom, attempt, e)
 			return err
 		},
 		&meshv1.Envelope{Body: &meshv1.Envelope_Join{Join: req}},

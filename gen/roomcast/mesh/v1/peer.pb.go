@@ -1515,7 +1515,13 @@ type JoinRequest struct {
 	// The joining connection.
 	Client *v1.ClientInfo `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
 	// When set, the position to recover from.
-	RecoverFrom   *v1.Position `protobuf:"bytes,3,opt,name=recover_from,json=recoverFrom,proto3" json:"recover_from,omitempty"`
+	RecoverFrom *v1.Position `protobuf:"bytes,3,opt,name=recover_from,json=recoverFrom,proto3" json:"recover_from,omitempty"`
+	// Identifies this join across the sender's retries (non-zero). A retry that finds
+	// the connection registered by the same attempt (its first try was applied but the
+	// reply was lost) gets the position of that registration; a connection registered
+	// by another attempt (rebuilt by a new owner, or left over from a lost leave) is
+	// registered again at the current position.
+	Attempt       uint64 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1569,6 +1575,13 @@ func (x *JoinRequest) GetRecoverFrom() *v1.Position {
 		return x.RecoverFrom
 	}
 	return nil
+}
+
+func (x *JoinRequest) GetAttempt() uint64 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 // JoinReply acknowledges a registered join.
@@ -3516,11 +3529,12 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\x0fskip_connection\x18\x05 \x01(\tR\x0eskipConnection\"_\n" +
 	"\fPublishReply\x121\n" +
 	"\bposition\x18\x01 \x01(\v2\x15.roomcast.v1.PositionR\bposition\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x8c\x01\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\xa6\x01\n" +
 	"\vJoinRequest\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\tR\x04room\x12/\n" +
 	"\x06client\x18\x02 \x01(\v2\x17.roomcast.v1.ClientInfoR\x06client\x128\n" +
-	"\frecover_from\x18\x03 \x01(\v2\x15.roomcast.v1.PositionR\vrecoverFrom\"\x8e\x01\n" +
+	"\frecover_from\x18\x03 \x01(\v2\x15.roomcast.v1.PositionR\vrecoverFrom\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\x04R\aattempt\"\x8e\x01\n" +
 	"\tJoinReply\x121\n" +
 	"\bposition\x18\x01 \x01(\v2\x15.roomcast.v1.PositionR\bposition\x12\x1c\n" +
 	"\trecovered\x18\x02 \x01(\bR\trecovered\x120\n" +
