@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -343,14 +344,19 @@ func (c *cluster) memberLoop() {
 		switch ev.Type {
 		case gossip.EventFailed, gossip.EventLeave:
 			mem := ev.Member
-			if ev.Type == gossip.EventFailed && c.answers(mem.ID) {
-				// A second opinion: gossip's verdict was wrong (a starved process
-				// misses probes) while the node still answers on its link. Revoking
-				// its lease would fence a live node for good.
-				c.m.log.Warn("gossip says a node failed but its link answers; not declaring it dead", "node", mem.ID)
-				continue
+			certain := ev.Type == gossip.EventLeave
+			if ev.Type == gossip.EventFailed {
+				switch c.verdict(mem.ID) {
+				case nodeAnswers:
+					// A second opinion: gossip's verdict was wrong (a starved process
+					// misses probes) while the node still answers on its link.
+					c.m.log.Warn("gossip says a node failed but its link answers; not declaring it dead", "node", mem.ID)
+					continue
+				case nodeGone:
+					certain = true
+				}
 			}
-			c.m.log.Info("node gone; declaring it dead", "gone", mem.ID, "event", ev.Type.String())
+			c.m.log.Info("node gone", "gone", mem.ID, "event", ev.Type.String(), "certain", certain)
 			c.mu.Lock()
 			if c.ids[mem.Name] == mem.ID {
 				delete(c.ids, mem.Name)
@@ -358,20 +364,64 @@ func (c *cluster) memberLoop() {
 			delete(c.addrs, mem.ID)
 			c.mu.Unlock()
 			c.links.Forget(mem.ID)
-			ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
-			if err := c.smap().NodeDead(ctx, mem.ID); err != nil && c.ctx.Err() == nil {
-				c.m.log.Warn("declaring a node dead failed", "node", mem.ID, "err", err)
+			if certain {
+				// Its process is gone: revoke its lease so its shards move now.
+				// Otherwise (out of reach: a partition, a dead host) it may still
+				// serve until its lease lapses — which it stops doing on its own
+				// before then (Registry.Valid) — so the lease must run out first.
+				ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+				if err := c.smap().NodeDead(ctx, mem.ID); err != nil && c.ctx.Err() == nil {
+					c.m.log.Warn("declaring a node dead failed", "node", mem.ID, "err", err)
+				}
+				cancel()
 			}
-			cancel()
 			c.m.dropNode(mem.Name)
 			c.m.hub.view.drop(mem.Name)
 		default:
 			if ev.Member.ID != c.id {
 				c.noteMember(ev.Member)
 				c.m.hub.groupsChanged() // tell the newcomer our groups
+				if ev.Type == gossip.EventJoin {
+					id := ev.Member.ID
+					c.wg.Add(1)
+					go func() {
+						defer c.wg.Done()
+						c.pullMembers(id)
+					}()
+				}
 			}
 		}
 	}
+}
+
+// verdicts on a node gossip says failed.
+const (
+	nodeAnswers     = iota // it answers on its link: gossip was wrong
+	nodeGone               // its host refuses the connection: the process is gone
+	nodeUnreachable        // no answer at all: a partition or a dead host
+)
+
+// verdict gives a second opinion on a failure verdict: the node's link, then a plain
+// TCP dial to its peer port, which a live host with a dead process refuses at once.
+func (c *cluster) verdict(id string) int {
+	if c.answers(id) {
+		return nodeAnswers
+	}
+	c.mu.RLock()
+	addr := c.addrs[id]
+	c.mu.RUnlock()
+	if addr == "" {
+		return nodeUnreachable
+	}
+	conn, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+	switch {
+	case err == nil:
+		_ = conn.Close()
+		return nodeAnswers // something listens there; let the lease decide
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return nodeGone
+	}
+	return nodeUnreachable
 }
 
 // answerTimeout bounds the second opinion on a failure verdict. A crashed process
@@ -419,7 +469,7 @@ func (c *cluster) apply(mp *shardmap.Map) {
 			continue
 		}
 		if c.ready[i].Swap(0) != 0 && owner != "" {
-			c.stashShard(i, epoch) // served here until now: keep it for the next owner
+			c.stashShard(i, epoch, epoch) // served here until now: keep it for the next owner
 		} else {
 			c.m.forgetShard(i)
 		}
@@ -463,7 +513,9 @@ func (c *cluster) waitMap(ctx context.Context, rev int64, d time.Duration) {
 // ownEpoch reports whether this node serves shard idx now, and its epoch.
 func (c *cluster) ownEpoch(idx int) (ep, bool) {
 	n, ok := c.smap().Serving(idx)
-	if !ok || c.ready[idx].Load() != n {
+	if !ok || c.ready[idx].Load() != n || !c.registry().Valid() {
+		// Not serving also while the lease is not surely valid (etcd out of reach):
+		// etcd may expire it any moment and give the shard to another node.
 		return ep{}, false
 	}
 	return ep{s: epochString(n), n: n}, true

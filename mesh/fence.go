@@ -50,7 +50,7 @@ func (c *cluster) refence(old *coord) {
 	m.log.Warn("registration lost: fenced; re-registering")
 	for i := range m.shards {
 		if served := c.ready[i].Swap(0); served != 0 {
-			c.stashShard(i, served+1) // fence operations already past the ownership check
+			c.stashShard(i, served+1, 0) // fence operations already past the ownership check
 		}
 	}
 	c.applied.Store(math.MaxInt64) // everything served is stashed: rebuilds may take it

@@ -50,9 +50,12 @@ type epochSpan struct {
 
 // handoff is the state of one shard kept for its next owner.
 type handoff struct {
-	state   *meshv1.ShardHandover
+	state *meshv1.ShardHandover
+	// to is the epoch of the owner the shard moved to (0: unknown, when this node
+	// was fenced). Only a rebuild at that epoch may take the handoff: a later owner
+	// asking means another ownership came in between, whose state this is not.
+	to      int64
 	expires time.Time
-	taken   bool
 }
 
 // onStream reports whether from is a position of r's stream, whose current epoch is
@@ -90,9 +93,11 @@ func (r *room) state(now time.Time, epoch string) *meshv1.RoomState {
 	return rs
 }
 
-// stashShard fences shard i (its new owner's epoch is next) and keeps its owner
-// state as a handoff. Called by apply when a shard this node served moved away.
-func (c *cluster) stashShard(i int, next int64) {
+// stashShard fences shard i (operations of epochs below fence fail from now on) and
+// keeps its owner state as a handoff for the owner of epoch to (0: whoever comes
+// next). Called by apply when a shard this node served moved away, and when the
+// node is fenced.
+func (c *cluster) stashShard(i int, fence, to int64) {
 	m := c.m
 	s := m.shards[i]
 	s.mu.Lock()
@@ -100,7 +105,7 @@ func (c *cluster) stashShard(i int, next int64) {
 	m.met.rooms.Sub(float64(len(rooms)))
 	s.rooms = make(map[string]*room)
 	s.floor = 0
-	s.epochN = next // operations of the old epoch now fail with errNotOwner
+	s.epochN = fence // operations of the old epoch now fail with errNotOwner
 	s.mu.Unlock()
 	now := m.cfg.Now()
 	ho := &meshv1.ShardHandover{Shard: uint32(i), Epoch: served, Floor: floor}
@@ -121,26 +126,31 @@ func (c *cluster) stashShard(i int, next int64) {
 	us.users = make(map[string][]string)
 	us.mu.Unlock()
 	c.hoMu.Lock()
-	c.handoffs[i] = &handoff{state: ho, expires: time.Now().Add(handoffTTL)}
+	c.handoffs[i] = &handoff{state: ho, to: to, expires: time.Now().Add(handoffTTL)}
 	c.hoMu.Unlock()
-	m.log.Debug("shard handed off", "shard", i, "rooms", len(ho.Rooms), "epoch", served, "next", next)
+	m.log.Debug("shard handed off", "shard", i, "rooms", len(ho.Rooms), "epoch", served, "to", to)
 }
 
-// handoffsFor returns the kept handoffs of the wanted shards (marking them taken) and
-// drops expired ones.
+// handoffsFor hands over the kept handoffs of the wanted shards that are meant for
+// the wanted epochs, and forgets them: a handoff is given once, since its taker may
+// serve and move the stream on, after which this copy is stale. Expired and stale
+// ones (a later owner asks) are dropped.
 func (c *cluster) handoffsFor(want map[int]ep) []*meshv1.ShardHandover {
 	c.hoMu.Lock()
 	defer c.hoMu.Unlock()
 	now := time.Now()
 	var out []*meshv1.ShardHandover
 	for i, h := range c.handoffs {
-		if now.After(h.expires) {
+		e, wanted := want[i]
+		switch {
+		case now.After(h.expires):
 			delete(c.handoffs, i)
-			continue
-		}
-		if _, ok := want[i]; ok {
-			h.taken = true
+		case !wanted:
+		case h.to == 0 || h.to == e.n:
 			out = append(out, h.state)
+			delete(c.handoffs, i)
+		case e.n > h.to:
+			delete(c.handoffs, i) // the owner it was for came and went
 		}
 	}
 	return out
@@ -152,7 +162,7 @@ func (c *cluster) pendingHandoffs() int {
 	defer c.hoMu.Unlock()
 	n := 0
 	for _, h := range c.handoffs {
-		if !h.taken && time.Now().Before(h.expires) {
+		if time.Now().Before(h.expires) {
 			n++
 		}
 	}

@@ -24,7 +24,7 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 	for i, s := range shards {
 		want[int(s)] = ep{s: epochString(epochs[i]), n: epochs[i]}
 	}
-	replies := []*meshv1.RebuildReply{c.localState(want)}
+	replies := []*meshv1.RebuildReply{c.localState(want, true)}
 	ids := c.liveIDs()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -54,41 +54,8 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 	for i, ho := range handed {
 		c.install(ho, want[i])
 	}
-	c.hoMu.Lock()
-	for i := range want {
-		delete(c.handoffs, i) // this node owns them now; an older handoff of its own is stale
-	}
-	c.hoMu.Unlock()
 	for _, rep := range replies {
-		for _, rm := range rep.GetRooms() {
-			e, ok := want[m.shardIndex(rm.GetRoom())]
-			if !ok {
-				continue
-			}
-			_, r, err := m.lockRoom(rm.GetRoom(), true, e)
-			if err != nil {
-				continue
-			}
-			for _, mem := range rm.GetMembers() {
-				info := infoFromWire(mem.GetInfo())
-				for _, conn := range mem.GetConnections() {
-					if old := r.members[mem.GetUser()]; old != nil && slices.Contains(old.conns, conn) {
-						continue
-					}
-					r.addConn(fabric.ClientInfo{User: mem.GetUser(), Conn: conn, Info: info})
-				}
-			}
-			r.mu.Unlock()
-		}
-		for _, uc := range rep.GetUsers() {
-			e, ok := want[m.shardIndex(uc.GetUser())]
-			if !ok {
-				continue
-			}
-			for _, conn := range uc.GetConnections() {
-				_ = m.userAddLocal(uc.GetUser(), conn, 0, e)
-			}
-		}
+		c.addMembers(rep, want, false)
 	}
 	for i, e := range want {
 		// Touch the shard so its state of an earlier ownership is dropped even when
@@ -103,10 +70,90 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 	}
 }
 
-// localState is this node's local members and connections in the wanted shards.
-func (c *cluster) localState(want map[int]ep) *meshv1.RebuildReply {
+// addMembers adds a node's reported local members and connections of the wanted
+// shards to this node's owner state. With announce, a user new to a room joins it as
+// by a join (events, membership pushes): used when a node that was given up for dead
+// comes back, whose members left with events then. A rebuild adds silently: the
+// members were there all along.
+func (c *cluster) addMembers(rep *meshv1.RebuildReply, want map[int]ep, announce bool) {
 	m := c.m
-	out := &meshv1.RebuildReply{Handovers: c.handoffsFor(want)}
+	for _, rm := range rep.GetRooms() {
+		e, ok := want[m.shardIndex(rm.GetRoom())]
+		if !ok {
+			continue
+		}
+		ns, err := m.cfg.Namespaces.Lookup(rm.GetRoom())
+		if err != nil {
+			continue
+		}
+		_, r, err := m.lockRoom(rm.GetRoom(), true, e)
+		if err != nil {
+			continue
+		}
+		for _, mem := range rm.GetMembers() {
+			info := infoFromWire(mem.GetInfo())
+			for _, conn := range mem.GetConnections() {
+				if old := r.members[mem.GetUser()]; old != nil && slices.Contains(old.conns, conn) {
+					continue
+				}
+				ci := fabric.ClientInfo{User: mem.GetUser(), Conn: conn, Info: info}
+				if r.addConn(ci) && announce && ns.JoinLeave {
+					m.edge().DeliverMembership(r.name, ci, true)
+					m.fanMembership(r, ci, true, e)
+					m.emit(fabric.Event{Type: fabric.EventJoin, Conn: ci.Conn, User: ci.User, Room: r.name})
+				}
+			}
+		}
+		r.mu.Unlock()
+	}
+	for _, uc := range rep.GetUsers() {
+		e, ok := want[m.shardIndex(uc.GetUser())]
+		if !ok {
+			continue
+		}
+		for _, conn := range uc.GetConnections() {
+			_ = m.userAddLocal(uc.GetUser(), conn, 0, e)
+		}
+	}
+}
+
+// pullMembers asks a node that appeared — new, or back after being given up for
+// dead (a healed partition) — for its local members of the shards this node serves,
+// and adds those missing: its connections stayed up, and without this they would
+// get no deliveries from rooms whose owners dropped them.
+func (c *cluster) pullMembers(id string) {
+	want := map[int]ep{}
+	var shards []uint32
+	var epochs []int64
+	for i := range c.m.shards {
+		if e, ok := c.ownEpoch(i); ok {
+			want[i] = e
+			shards = append(shards, uint32(i))
+			epochs = append(epochs, e.n)
+		}
+	}
+	for lo := 0; lo < len(shards); lo += rebuildChunk {
+		hi := min(lo+rebuildChunk, len(shards))
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RebuildTimeout)
+		resp, err := c.links.Request(ctx, id, &meshv1.Envelope{Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{
+			Shards: shards[lo:hi], Epochs: epochs[lo:hi], MembersOnly: true}}})
+		cancel()
+		if err != nil || resp.GetRebuildReply() == nil {
+			c.m.log.Debug("pulling a node's members failed", "node", id, "err", err)
+			return
+		}
+		c.addMembers(resp.GetRebuildReply(), want, true)
+	}
+}
+
+// localState is this node's local members and connections in the wanted shards,
+// and with handovers the handoffs it keeps for them.
+func (c *cluster) localState(want map[int]ep, handovers bool) *meshv1.RebuildReply {
+	m := c.m
+	out := &meshv1.RebuildReply{}
+	if handovers {
+		out.Handovers = c.handoffsFor(want)
+	}
 	keep := func(room string) bool { _, ok := want[m.shardIndex(room)]; return ok }
 	var local map[string][]fabric.ClientInfo
 	if l, ok := m.edge().(MemberLister); ok {
@@ -166,7 +213,7 @@ func (c *cluster) serveRebuild(ctx context.Context, req *meshv1.RebuildRequest) 
 	for c.applied.Load() < newest && time.Now().Before(deadline) && ctx.Err() == nil {
 		c.waitMap(ctx, c.smap().Current().Revision, 20*time.Millisecond)
 	}
-	return &meshv1.Envelope{Body: &meshv1.Envelope_RebuildReply{RebuildReply: c.localState(want)}}
+	return &meshv1.Envelope{Body: &meshv1.Envelope_RebuildReply{RebuildReply: c.localState(want, !req.GetMembersOnly())}}
 }
 
 // forgetShard drops the owner state of a shard this node no longer owns.

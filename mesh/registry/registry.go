@@ -34,6 +34,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -98,11 +99,16 @@ type Registry struct {
 	log     *slog.Logger
 	session *concurrency.Session
 
-	lost     chan struct{}
-	lostOnce sync.Once
-	cancel   context.CancelFunc
-	done     chan struct{}
-	closed   sync.Once
+	// validUntil (Unix nanoseconds) is when the lease may have expired in etcd, as
+	// far as this node can tell: the last keep-alive answer plus the TTL, less a
+	// margin for the answer's travel time and clock rates.
+	validUntil atomic.Int64
+	kaDone     chan struct{} // closed when followKeepAlive ends
+	lost       chan struct{}
+	lostOnce   sync.Once
+	cancel     context.CancelFunc
+	done       chan struct{}
+	closed     sync.Once
 }
 
 // New creates a session and registers the node under it. It fails with
@@ -128,6 +134,7 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: encode node: %w", err)
 	}
+	start := time.Now() // the lease is granted after this
 	session, err := concurrency.NewSession(cfg.Client, concurrency.WithTTL(cfg.TTL), concurrency.WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("registry: create session: %w", err)
@@ -156,8 +163,46 @@ func New(ctx context.Context, cfg Config) (*Registry, error) {
 		cancel:  cancel,
 		done:    make(chan struct{}),
 	}
+	r.renewed(start, int64(cfg.TTL))
+	ka, err := cfg.Client.KeepAlive(wctx, session.Lease())
+	if err != nil {
+		cancel()
+		session.Close()
+		return nil, fmt.Errorf("registry: keep-alive: %w", err)
+	}
 	go r.watchSelf(wctx, resp.Header.Revision+1)
+	r.kaDone = make(chan struct{})
+	go r.followKeepAlive(ka)
 	return r, nil
+}
+
+// validityMargin is taken off the TTL when computing how long the lease is surely
+// valid: it covers the keep-alive answer's travel time and clock-rate differences.
+func validityMargin(ttl int64) time.Duration {
+	return max(time.Duration(ttl)*time.Second/5, 500*time.Millisecond)
+}
+
+func (r *Registry) renewed(at time.Time, ttl int64) {
+	r.validUntil.Store(at.Add(time.Duration(ttl)*time.Second - validityMargin(ttl)).UnixNano())
+}
+
+// followKeepAlive records every keep-alive answer of the session's lease (the
+// session keeps it alive; this is a second listener on the same renewals).
+func (r *Registry) followKeepAlive(ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	defer close(r.kaDone)
+	for resp := range ka {
+		if resp.TTL > 0 {
+			r.renewed(time.Now(), resp.TTL)
+		}
+	}
+}
+
+// Valid reports whether the registration's lease is surely still valid in etcd: a
+// keep-alive was answered within the TTL less a margin. An owner must stop acting
+// as one when it is not — before etcd can expire the lease and let another node
+// take its shards — even though Lost only closes once the session notices.
+func (r *Registry) Valid() bool {
+	return time.Now().UnixNano() < r.validUntil.Load()
 }
 
 // Session returns the registration's session. Everything a node owns in etcd (its
@@ -249,6 +294,7 @@ func (r *Registry) Close() error {
 		<-r.done
 		r.markLost("closed")
 		err = r.session.Close()
+		<-r.kaDone // its keep-alive channel closes with wctx
 	})
 	return err
 }

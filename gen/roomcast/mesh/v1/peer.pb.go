@@ -2455,7 +2455,10 @@ type RebuildRequest struct {
 	// The shards to report.
 	Shards []uint32 `protobuf:"varint,1,rep,packed,name=shards,proto3" json:"shards,omitempty"`
 	// The new owner's epoch of each shard in `shards`, same order.
-	Epochs        []int64 `protobuf:"varint,2,rep,packed,name=epochs,proto3" json:"epochs,omitempty"`
+	Epochs []int64 `protobuf:"varint,2,rep,packed,name=epochs,proto3" json:"epochs,omitempty"`
+	// Only members and connections, no handovers: an owner that already serves the
+	// shards asks a node that (re)appeared for its local members.
+	MembersOnly   bool `protobuf:"varint,3,opt,name=members_only,json=membersOnly,proto3" json:"members_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2502,6 +2505,13 @@ func (x *RebuildRequest) GetEpochs() []int64 {
 		return x.Epochs
 	}
 	return nil
+}
+
+func (x *RebuildRequest) GetMembersOnly() bool {
+	if x != nil {
+		return x.MembersOnly
+	}
+	return false
 }
 
 // RoomMembers is a node's local members of one room.
@@ -3594,10 +3604,11 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"connection\x18\x01 \x01(\tR\n" +
 	"connection\x12\x12\n" +
 	"\x04room\x18\x02 \x01(\tR\x04room\x12\x12\n" +
-	"\x04join\x18\x03 \x01(\bR\x04join\"@\n" +
+	"\x04join\x18\x03 \x01(\bR\x04join\"c\n" +
 	"\x0eRebuildRequest\x12\x16\n" +
 	"\x06shards\x18\x01 \x03(\rR\x06shards\x12\x16\n" +
-	"\x06epochs\x18\x02 \x03(\x03R\x06epochs\"P\n" +
+	"\x06epochs\x18\x02 \x03(\x03R\x06epochs\x12!\n" +
+	"\fmembers_only\x18\x03 \x01(\bR\vmembersOnly\"P\n" +
 	"\vRoomMembers\x12\x12\n" +
 	"\x04room\x18\x01 \x01(\tR\x04room\x12-\n" +
 	"\amembers\x18\x02 \x03(\v2\x13.roomcast.v1.MemberR\amembers\"G\n" +
