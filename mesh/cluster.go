@@ -380,6 +380,7 @@ func (c *cluster) memberLoop() {
 		default:
 			if ev.Member.ID != c.id {
 				c.noteMember(ev.Member)
+				c.smap().Recheck()      // the leader may admit it now
 				c.m.hub.groupsChanged() // tell the newcomer our groups
 				if ev.Type == gossip.EventJoin {
 					id := ev.Member.ID

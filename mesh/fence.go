@@ -31,6 +31,9 @@ func (c *cluster) newShardMap(reg *registry.Registry) (*shardmap.ShardMap, error
 		Client: c.cfg.Etcd, Session: reg.Session(), Cluster: c.cfg.Name, Lost: reg.Lost(),
 		ID: c.id, Shards: len(c.m.shards), Settle: c.cfg.Settle, Logger: c.m.cfg.Logger,
 		Registerer: c.m.cfg.Registerer,
+		// Only nodes gossip admitted get shards: one registered in etcd with the
+		// wrong gossip key must never own anything.
+		Admitted: c.ml.IsMember,
 	})
 }
 

@@ -425,6 +425,20 @@ func (m *Membership) NumMembers() int {
 	return len(m.peers) + 1
 }
 
+// IsMember reports whether a gossip ID is a member believed alive (suspects
+// included), this member included. It is cheap and never blocks on gossip, so it fits
+// shardmap.Config.Admitted: a node that gossip has not admitted (a wrong gossip key,
+// say) is never a member.
+func (m *Membership) IsMember(id string) bool {
+	if id == m.id {
+		return true
+	}
+	m.peersMu.Lock()
+	defer m.peersMu.Unlock()
+	_, ok := m.peers[id]
+	return ok
+}
+
 // Join contacts the given gossip addresses (or the configured seeds when none are
 // given) and merges state with every one that answers. It returns how many answered;
 // the error is non-nil only if none did. The context is checked between addresses.

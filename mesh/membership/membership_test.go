@@ -304,7 +304,7 @@ func TestCrashDetection(t *testing.T) {
 		t.Fatalf("detection took %v", worst)
 	}
 	for _, s := range survivors {
-		if slices.Contains(ids(s.Members()), victim.ID()) {
+		if slices.Contains(ids(s.Members()), victim.ID()) || s.IsMember(victim.ID()) {
 			t.Fatalf("%s still lists the victim", s.ID())
 		}
 	}
@@ -354,8 +354,13 @@ func TestWrongKeyIsNeverAdmitted(t *testing.T) {
 	join(t, c, b)
 	allSee(t, []*Membership{a, b, c}, 3)
 	for _, m := range []*Membership{a, b, c} {
-		if slices.Contains(ids(m.Members()), intruder.ID()) {
+		if slices.Contains(ids(m.Members()), intruder.ID()) || m.IsMember(intruder.ID()) {
 			t.Fatalf("%s admitted the intruder", m.ID())
+		}
+		for _, o := range []*Membership{a, b, c} {
+			if !m.IsMember(o.ID()) {
+				t.Fatalf("%s: IsMember(%s) = false for a member", m.ID(), o.ID())
+			}
 		}
 	}
 	if intruder.NumMembers() != 1 {

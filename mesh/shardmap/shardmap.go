@@ -19,8 +19,31 @@
 // from any node), which deletes its registration at once; the leader's watch sees that
 // and moves the node's shards without waiting out the lease TTL.
 //
-// Draining nodes (registry.Node.Draining) get no shards while another node is live:
-// the leader moves their shards away, which starts the graceful handover.
+// Draining nodes (registry.Node.Draining) get no shards while another node is live
+// and not draining: the leader moves their shards away, which starts the graceful
+// handover. When every node drains (the whole cluster stops), shards stay with the
+// live nodes that hold them, so none is left without an owner and a node that has
+// already handed its shards over gets none back.
+//
+// # Admission
+//
+// Being registered in etcd is not enough to get shards: with Config.Admitted set, the
+// leader assigns shards only to registered nodes that its gossip has admitted (a node
+// with the wrong gossip key registers fine but is never seen by gossip). The rules:
+//
+//   - The leader is always admitted: at start its own gossip view may still be empty.
+//   - A registered node is admitted the first time Admitted reports it, and stays
+//     admitted while it stays registered (IDs are unique per incarnation), so a gossip
+//     flap never moves shards back and forth; a node gossip declares dead loses its
+//     registration through NodeDead, which is what removes it.
+//   - The leader asks again on Recheck (call it on every gossip join) and every
+//     AdmitInterval while some registered node is not admitted yet.
+//   - A new leader keeps the shards of owners it has not seen in gossip yet for
+//     AdmitGrace, since its view may lag its predecessor's; after that they move.
+//   - Admission protects the election too: a node whose gossip admits none of the
+//     other registered nodes does not run for leader, and a leader in that state for
+//     AdmitGrace resigns. Otherwise a wrong-key node could win the election and give
+//     itself every shard. A node alone in the registry is never in that state.
 //
 // # Fencing
 //
@@ -33,8 +56,8 @@
 //
 // A *ShardMap is safe for concurrent use. It owns three goroutines, started by New and
 // stopped by Close: the watcher (keeps the cached map), the campaigner (runs for
-// leader and, while leading, rebalances) and the loss watcher (closes Lost). Current and Serving never block and never
-// touch etcd. Updates has a single-slot, latest-value channel meant for one consumer.
+// leader and, while leading, rebalances) and the loss watcher (closes Lost). Current, Serving and Recheck never block
+// and never touch etcd. Updates has a single-slot, latest-value channel meant for one consumer.
 package shardmap
 
 import (
@@ -131,6 +154,11 @@ func encode(leader string, owners []string, epochs []int64) ([]byte, error) {
 	return json.Marshal(s)
 }
 
+// Decode decodes a stored map: the value of MapKey at etcd revision rev (the key's
+// ModRevision), for a cluster of the given shard count. It is what every node's watcher
+// does; tools and tests use it to read the map, or its history, straight from etcd.
+func Decode(val []byte, rev int64, shards int) (*Map, error) { return decode(val, rev, shards) }
+
 func decode(val []byte, rev int64, shards int) (*Map, error) {
 	var s stored
 	if err := json.Unmarshal(val, &s); err != nil {
@@ -173,6 +201,21 @@ type Config struct {
 	// further changes before writing, so that simultaneous changes cost one write.
 	// Default 10 ms.
 	Settle time.Duration
+	// Admitted, when set, reports whether gossip has admitted a node (it is a live
+	// gossip member, typically membership.Membership.IsMember). The leader then
+	// assigns shards only to registered nodes it admits, and a node that admits none
+	// of the other registered nodes does not run for leader (see the package doc).
+	// It is called from the ShardMap's own goroutine and must be safe for concurrent
+	// use, quick and non-blocking. nil admits every registered node.
+	Admitted func(id string) bool
+	// AdmitInterval is how often the leader (or a node waiting to run for leader) asks
+	// Admitted again while a registered node is not admitted, in case a Recheck was
+	// missed. Default 500 ms.
+	AdmitInterval time.Duration
+	// AdmitGrace is how long a new leader keeps the shards of owners that Admitted
+	// does not report yet, and how long a leader that admits none of the other
+	// registered nodes stays leader. Default 5 s.
+	AdmitGrace time.Duration
 	// Logger receives the shard map's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives metrics. nil means do not register.
@@ -197,6 +240,7 @@ type ShardMap struct {
 	current atomic.Pointer[Map]
 	updates chan *Map
 	leading atomic.Bool
+	recheck chan struct{} // capacity 1: "ask Admitted again"
 
 	writes, moved, failed atomic.Int64
 	metrics               *metrics
@@ -230,6 +274,12 @@ func New(cfg Config) (*ShardMap, error) {
 	if cfg.Settle <= 0 {
 		cfg.Settle = 10 * time.Millisecond
 	}
+	if cfg.AdmitInterval <= 0 {
+		cfg.AdmitInterval = 500 * time.Millisecond
+	}
+	if cfg.AdmitGrace <= 0 {
+		cfg.AdmitGrace = 5 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -242,6 +292,7 @@ func New(cfg Config) (*ShardMap, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("node", cfg.ID),
 		updates: make(chan *Map, 1),
+		recheck: make(chan struct{}, 1),
 		metrics: met,
 		lost:    make(chan struct{}),
 		ctx:     ctx,
@@ -294,6 +345,17 @@ func (s *ShardMap) Serving(shard int) (epoch int64, ok bool) {
 		return 0, false
 	}
 	return epoch, true
+}
+
+// Recheck asks the leader (or a node waiting to run for leader) to consult
+// Config.Admitted again, typically because gossip saw a member join. It never blocks
+// and is cheap: call it on every gossip join or update. Without Config.Admitted it
+// does nothing.
+func (s *ShardMap) Recheck() {
+	select {
+	case s.recheck <- struct{}{}:
+	default:
+	}
 }
 
 // Leader reports whether this node is currently the leader.
@@ -397,6 +459,9 @@ func (s *ShardMap) campaign() {
 		}
 	}()
 	for ctx.Err() == nil {
+		if err := s.awaitAdmission(ctx); err != nil {
+			continue // ctx ended
+		}
 		el := concurrency.NewElection(s.cfg.Session, LeaderPrefix(s.cfg.Cluster))
 		if err := el.Campaign(ctx, s.cfg.ID); err != nil {
 			if ctx.Err() == nil {
@@ -423,6 +488,13 @@ func (s *ShardMap) campaign() {
 			}
 			return
 		}
+		if errors.Is(err, errIsolated) {
+			// Step down so that a node that sees the cluster leads; awaitAdmission
+			// keeps this one out of the election until its gossip sees a peer.
+			rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+			_ = el.Resign(rctx)
+			rcancel()
+		}
 		s.log.Warn("shardmap: leadership ended", "err", err)
 	}
 }
@@ -430,13 +502,37 @@ func (s *ShardMap) campaign() {
 // errDeposed means a map write failed its leadership guard.
 var errDeposed = errors.New("shardmap: no longer leader")
 
-// lead rebalances on every change of the registered nodes until ctx ends or a write
-// fails its leadership guard.
+// errIsolated means the leader admitted none of the other registered nodes for
+// AdmitGrace: its gossip is cut off from the cluster (a wrong gossip key, say).
+var errIsolated = errors.New("shardmap: gossip admits none of the registered nodes")
+
+// lead rebalances on every change of the registered and admitted nodes until ctx
+// ends, a write fails its leadership guard, or the leader finds itself isolated.
 func (s *ShardMap) lead(ctx context.Context, el *concurrency.Election) error {
 	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
-	nodes := registry.Watch(ctx, s.cfg.Client, s.cfg.Cluster)
+	wctx, cancel := context.WithCancel(ctx)
+	nodes := registry.Watch(wctx, s.cfg.Client, s.cfg.Cluster)
+	defer func() {
+		// The watch must not outlive this leadership (the campaigner may run again).
+		cancel()
+		for range nodes {
+		}
+	}()
+	adm := newAdmission(s.cfg.ID, s.cfg.Admitted, s.Current(), time.Now().Add(s.cfg.AdmitGrace))
+	var tick <-chan time.Time
+	if s.cfg.Admitted != nil {
+		t := time.NewTicker(s.cfg.AdmitInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	var (
+		live          []registry.Node
+		listed        bool
+		last          string // signature of the last rebalanced node set
+		wrote         bool
+		isolatedSince time.Time
+	)
 	for {
-		var live []registry.Node
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -444,7 +540,9 @@ func (s *ShardMap) lead(ctx context.Context, el *concurrency.Election) error {
 			if !ok {
 				return ctx.Err()
 			}
-			live = l
+			live, listed = l, true
+		case <-s.recheck:
+		case <-tick:
 		}
 		// Let simultaneous changes settle into one write.
 		t := time.NewTimer(s.cfg.Settle)
@@ -456,15 +554,159 @@ func (s *ShardMap) lead(ctx context.Context, el *concurrency.Election) error {
 					t.Stop()
 					return ctx.Err()
 				}
-				live = l
+				live, listed = l, true
+			case <-s.recheck:
 			case <-t.C:
 				break settle
 			}
 		}
-		if err := s.rebalance(ctx, guard, live); err != nil {
+		if !listed {
+			continue
+		}
+		now := time.Now()
+		eligible, isolated := adm.filter(live, now)
+		switch {
+		case !isolated:
+			isolatedSince = time.Time{}
+		case isolatedSince.IsZero():
+			isolatedSince = now
+		case now.Sub(isolatedSince) >= s.cfg.AdmitGrace:
+			return errIsolated
+		}
+		sig := signature(eligible)
+		if wrote && sig == last {
+			continue // nothing that decides the assignment changed
+		}
+		if err := s.rebalance(ctx, guard, eligible); err != nil {
 			return err
 		}
+		last, wrote = sig, true
 	}
+}
+
+// awaitAdmission returns once this node may run for leader: always without
+// Config.Admitted, otherwise once it is alone in the registry or its gossip admits at
+// least one other registered node. The error is ctx's.
+func (s *ShardMap) awaitAdmission(ctx context.Context) error {
+	if s.cfg.Admitted == nil {
+		return nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	nodes := registry.Watch(wctx, s.cfg.Client, s.cfg.Cluster)
+	defer func() {
+		cancel()
+		for range nodes { // wait for the watch to end
+		}
+	}()
+	tick := time.NewTicker(s.cfg.AdmitInterval)
+	defer tick.Stop()
+	var live []registry.Node
+	listed, logged := false, false
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case l, ok := <-nodes:
+			if !ok {
+				return ctx.Err()
+			}
+			live, listed = l, true
+		case <-s.recheck:
+		case <-tick.C:
+		}
+		if !listed {
+			continue
+		}
+		if seesCluster(s.cfg.ID, live, s.cfg.Admitted) {
+			return nil
+		}
+		if !logged {
+			s.log.Warn("shardmap: gossip admits none of the registered nodes; not running for leader", "registered", len(live))
+			logged = true
+		}
+	}
+}
+
+// seesCluster reports whether a node is alone in the registry or admits another
+// registered node.
+func seesCluster(self string, live []registry.Node, admitted func(string) bool) bool {
+	others := 0
+	for _, n := range live {
+		if n.ID == self {
+			continue
+		}
+		others++
+		if admitted(n.ID) {
+			return true
+		}
+	}
+	return others == 0
+}
+
+// admission is a leader's record of the registered nodes gossip has admitted. It is
+// used by the leader's goroutine only.
+type admission struct {
+	self     string
+	admitted func(string) bool // nil: admit everyone
+	seen     map[string]bool   // admitted once, while registered
+	inherit  map[string]bool   // owners in the predecessor's map, kept until graceEnd
+	graceEnd time.Time
+}
+
+func newAdmission(self string, admitted func(string) bool, prev *Map, graceEnd time.Time) *admission {
+	a := &admission{self: self, admitted: admitted, seen: map[string]bool{}, inherit: map[string]bool{}, graceEnd: graceEnd}
+	for o := range prev.Count() {
+		a.inherit[o] = true
+	}
+	return a
+}
+
+// filter returns the registered nodes that may own shards, and whether the leader is
+// isolated: other nodes are registered but none of them has been admitted.
+func (a *admission) filter(live []registry.Node, now time.Time) ([]registry.Node, bool) {
+	if a.admitted == nil {
+		return live, false
+	}
+	registered := make(map[string]bool, len(live))
+	out := make([]registry.Node, 0, len(live))
+	others, admittedOthers := 0, 0
+	for _, n := range live {
+		registered[n.ID] = true
+		if n.ID != a.self {
+			others++
+		}
+		if n.ID == a.self || a.seen[n.ID] || a.admitted(n.ID) {
+			a.seen[n.ID] = true
+			if n.ID != a.self {
+				admittedOthers++
+			}
+			out = append(out, n)
+			continue
+		}
+		if a.inherit[n.ID] && now.Before(a.graceEnd) {
+			out = append(out, n) // the predecessor admitted it; give our gossip time
+		}
+	}
+	for id := range a.seen {
+		if !registered[id] {
+			delete(a.seen, id) // deregistered: its ID never comes back
+		}
+	}
+	return out, others > 0 && admittedOthers == 0
+}
+
+// signature identifies what decides an assignment: the eligible nodes and whether
+// each drains.
+func signature(nodes []registry.Node) string {
+	var b strings.Builder
+	for _, n := range nodes {
+		b.WriteString(n.ID)
+		if n.Draining {
+			b.WriteString("!")
+		}
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // rebalance writes a new map for the live nodes if it differs from the stored one.
@@ -491,9 +733,18 @@ func (s *ShardMap) rebalance(ctx context.Context, guard clientv3.Cmp, live []reg
 	}
 	if len(ids) == 0 {
 		// Every node is draining (the whole cluster stops): keep serving where we are
-		// rather than leave every shard without an owner.
+		// rather than leave every shard without an owner, and move nothing that need
+		// not move — a node that has already handed its shards over gets none back.
+		held := prev.Count()
 		for _, n := range live {
-			ids = append(ids, n.ID)
+			if held[n.ID] > 0 {
+				ids = append(ids, n.ID)
+			}
+		}
+		if len(ids) == 0 {
+			for _, n := range live {
+				ids = append(ids, n.ID)
+			}
 		}
 	}
 	owners := Assign(prev.Owners, ids, s.cfg.Shards)

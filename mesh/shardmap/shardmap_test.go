@@ -41,7 +41,8 @@ type node struct {
 func startNode(t testing.TB, srv *etcdtest.Server, cluster, id string, shards, ttl int) *node {
 	t.Helper()
 	c := srv.NewClient(t)
-	reg, err := registry.New(ctxFor(t), registry.Config{
+	// registry.New binds the session keep-alive to its context: it must outlive the test.
+	reg, err := registry.New(context.Background(), registry.Config{
 		Client: c, Cluster: cluster, TTL: ttl, Node: registry.Node{ID: id}, Logger: quiet(),
 	})
 	if err != nil {
