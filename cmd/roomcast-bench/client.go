@@ -17,18 +17,57 @@ import (
 	"github.com/roomcast/roomcast/internal/app"
 )
 
-// Target kinds: the system under test.
+// Targets: the systems under test. A target speaks the protocol of its system
+// (protocolOf); dialSpec.Target and pubSpec.Target hold the protocol.
 const (
-	targetRoomcast = "roomcast"
-	targetSocketIO = "socketio"
+	targetRoomcast  = "roomcast"  // one roomcast node
+	targetSocketIO  = "socketio"  // one Socket.IO node with the Redis adapter
+	targetCluster   = "cluster"   // a roomcast cluster (3 nodes with --local)
+	targetSocketIO2 = "socketio2" // two Socket.IO nodes sharing Redis
 )
+
+// targetNames lists every target, in the order --targets documents them.
+var targetNames = []string{targetRoomcast, targetCluster, targetSocketIO, targetSocketIO2}
+
+// protocolOf is the protocol a target speaks: targetRoomcast or targetSocketIO.
+func protocolOf(target string) string {
+	switch target {
+	case targetRoomcast, targetCluster:
+		return targetRoomcast
+	case targetSocketIO, targetSocketIO2:
+		return targetSocketIO
+	}
+	return ""
+}
+
+// baselineOf is the single-node target a cluster target is compared with.
+func baselineOf(target string) string {
+	switch target {
+	case targetCluster:
+		return targetRoomcast
+	case targetSocketIO2:
+		return targetSocketIO
+	}
+	return ""
+}
 
 // dialSpec says how a worker reaches the system under test.
 type dialSpec struct {
-	Target  string `json:"target"`  // targetRoomcast or targetSocketIO
-	URL     string `json:"url"`     // WebSocket URL (roomcast: …/ws; Socket.IO: http://host:port)
-	Secret  string `json:"secret"`  // roomcast: HS256 secret to mint client tokens
-	Sources int    `json:"sources"` // spread over 127.0.0.1..127.0.0.N source addresses
+	Target string `json:"target"` // targetRoomcast or targetSocketIO
+	URL    string `json:"url"`    // WebSocket URL (roomcast: …/ws; Socket.IO: http://host:port)
+	// URLs, when set, are the URLs of several nodes of one cluster: connection i goes
+	// to URLs[i mod len(URLs)], so connections spread evenly over the nodes.
+	URLs    []string `json:"urls,omitempty"`
+	Secret  string   `json:"secret"`  // roomcast: HS256 secret to mint client tokens
+	Sources int      `json:"sources"` // spread over 127.0.0.1..127.0.0.N source addresses
+}
+
+// urlFor is the URL connection i dials.
+func (d dialSpec) urlFor(i int) string {
+	if len(d.URLs) > 0 {
+		return d.URLs[i%len(d.URLs)]
+	}
+	return d.URL
 }
 
 // dialer returns a WebSocket dialer bound to source address 127.0.0.(1+i%sources), so
@@ -61,7 +100,7 @@ func (d dialSpec) connectRoomcast(ctx context.Context, i int, user string, rooms
 	if err != nil {
 		return nil, err
 	}
-	c, _, err := d.dialer(i).DialContext(ctx, d.URL, nil)
+	c, _, err := d.dialer(i).DialContext(ctx, d.urlFor(i), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +147,7 @@ func awaitReply(c *websocket.Conn, id uint32) error {
 // connectSocketIO speaks Engine.IO 4 / Socket.IO 5 over the WebSocket transport: open
 // packet, namespace connect, then one acknowledged "join" event per room.
 func (d dialSpec) connectSocketIO(ctx context.Context, i int, rooms []string) (*websocket.Conn, error) {
-	u := strings.TrimSuffix(strings.Replace(d.URL, "http", "ws", 1), "/") + "/socket.io/?EIO=4&transport=websocket"
+	u := strings.TrimSuffix(strings.Replace(d.urlFor(i), "http", "ws", 1), "/") + "/socket.io/?EIO=4&transport=websocket"
 	c, _, err := d.dialer(i).DialContext(ctx, u, nil)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"testing"
@@ -112,6 +113,67 @@ func TestEndToEnd(t *testing.T) {
 		}
 		if len(res) != 2 || res[0].Published == 0 || res[1].Published == 0 || res[0].PublishErrors+res[1].PublishErrors != 0 {
 			t.Fatalf("publish: %+v", res)
+		}
+	})
+	t.Run("sdk clients", func(t *testing.T) {
+		// The recover scenario's plumbing without the kill: SDK clients in the workers
+		// join history rooms, a stream publishes, and the accounting finds every
+		// acknowledged message received once.
+		specs := recoverAssign(8, 4, 2, 1)
+		for j := range specs {
+			specs[j].ID, specs[j].User = 1000+j, fmt.Sprintf("sdk-%d", j)
+		}
+		defer func() { _, _ = p.broadcast(ctx, workerRequest{Op: opSDKClose}) }()
+		reps, err := p.all(ctx, func(i int) workerRequest {
+			var mine []sdkClientSpec
+			for j, s := range specs {
+				if j%2 == i {
+					mine = append(mine, s)
+				}
+			}
+			return workerRequest{Op: opSDKConnect, SDK: &sdkSpec{Nodes: []string{n.WSURL}, Secret: testnode.Secret,
+				Sources: 2, Prefix: "news:e2e-", Parallel: 4, Clients: mine}}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tot, _, _ := mergeSDK(reps); tot.Connected != 8 || tot.FirstErr != "" {
+			t.Fatalf("%d of 8 SDK clients connected: %s", tot.Connected, tot.FirstErr)
+		}
+		log := &ackLog{}
+		g, err := openGRPCStream(ctx, r.pub, log.ack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seq := int64(1); seq <= 5; seq++ {
+			for k := range 4 {
+				log.add(k, seq)
+				if err := g.send(fmt.Sprintf("news:e2e-%d", k), appendPayload(nil, stamp{t: time.Now().UnixMicro(), seq: seq, room: int64(k)}, 64)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if ok, bad, err := g.finish(ctx); ok != 20 || bad != 0 {
+			t.Fatalf("publishes acknowledged %d, failed %d (%v)", ok, bad, err)
+		}
+		acks, failed := roomAcks([]*ackLog{log})
+		if failed != 0 || len(acks) != 4 {
+			t.Fatalf("acks %+v, failed %d", acks, failed)
+		}
+		q := &sdkQuery{Node: -1, Acks: acks}
+		var tot sdkReport
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			reps, err := p.broadcast(ctx, workerRequest{Op: opSDKStats, Query: q})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tot, _, _ = mergeSDK(reps); tot.Received == 8*2*5 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond) // polling a condition; the deadline bounds it
+		}
+		if tot.Received != 80 || tot.Lost != 0 || tot.Dups != 0 || tot.Extra != 0 || tot.Marked != 0 {
+			t.Fatalf("SDK clients: %+v; want 80 received, nothing lost or duplicated", tot)
 		}
 	})
 	t.Run("report", func(t *testing.T) {

@@ -21,6 +21,9 @@ type localServer struct {
 	pub   pubSpec
 	pids  []int
 	procs []*proc
+	nodes []clusterNode // a cluster's nodes (targets cluster and socketio2)
+	// cleanup, when set, runs after every process has stopped.
+	cleanup func()
 }
 
 // proc is a started process and the goroutine that reaps it.
@@ -59,6 +62,9 @@ func (s *localServer) stop() {
 			_ = p.cmd.Process.Kill()
 			<-p.done
 		}
+	}
+	if s.cleanup != nil {
+		s.cleanup()
 	}
 }
 
@@ -111,14 +117,7 @@ func startLocalRoomcast(ctx context.Context, bin string, queue int, extra []stri
 	client := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	control := fmt.Sprintf("127.0.0.1:%d", ports[1])
 	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
-	args := []string{"node", "--dev",
-		"--client-addr", client, "--control-addr", control, "--admin-addr", admin,
-		"--jwt-secret", secret, "--control-token", token,
-		"--ping-interval", "10m", "--pong-timeout", "10m",
-		"--max-conns-per-user", "0", "--connect-rate", "100000",
-		"--max-queue-messages", strconv.Itoa(queue), "--max-queue-bytes", strconv.Itoa(queue * 512),
-		"--command-rate", "1000", "--command-burst", "1000",
-		"--auth-timeout", "30s", "--drain-timeout", "2s", "--log-level", "warn"}
+	args := roomcastArgs(client, control, admin, secret, token, queue)
 	args = append(args, extra...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -131,6 +130,7 @@ func startLocalRoomcast(ctx context.Context, bin string, queue int, extra []stri
 		pub:   pubSpec{Target: targetRoomcast, Control: control, Token: token},
 		pids:  []int{cmd.Process.Pid},
 		procs: []*proc{p},
+		nodes: []clusterNode{{name: "roomcast", url: "ws://" + client + "/ws", control: control, admin: admin, proc: p}},
 	}
 	if err := waitHTTP(ctx, "http://"+admin+"/readyz", p); err != nil {
 		s.stop()
@@ -139,9 +139,25 @@ func startLocalRoomcast(ctx context.Context, bin string, queue int, extra []stri
 	return s, nil
 }
 
+// roomcastArgs are the `roomcast node` flags of a local node: development mode on the
+// given addresses, with the limits a load test needs raised.
+func roomcastArgs(client, control, admin, secret, token string, queue int) []string {
+	return []string{"node", "--dev",
+		"--client-addr", client, "--control-addr", control, "--admin-addr", admin,
+		"--jwt-secret", secret, "--control-token", token,
+		"--ping-interval", "10m", "--pong-timeout", "10m",
+		"--max-conns-per-user", "0", "--connect-rate", "100000",
+		"--max-queue-messages", strconv.Itoa(queue), "--max-queue-bytes", strconv.Itoa(queue * 512),
+		"--command-rate", "1000", "--command-burst", "1000",
+		"--auth-timeout", "30s", "--drain-timeout", "2s", "--log-level", "warn"}
+}
+
 // startLocalSocketIO starts redis-server and the Socket.IO adapter server in dir
 // (bench/socketio, after npm ci) and waits until both are ready.
-func startLocalSocketIO(ctx context.Context, dir string, logf *os.File) (*localServer, error) {
+//
+// With nodes > 1 it starts that many Node processes sharing the one Redis (target
+// socketio2: the Redis adapter relays every broadcast between them).
+func startLocalSocketIO(ctx context.Context, dir string, nodes int, logf *os.File) (*localServer, error) {
 	rport, err := freePort()
 	if err != nil {
 		return nil, err
@@ -158,27 +174,36 @@ func startLocalSocketIO(ctx context.Context, dir string, logf *os.File) (*localS
 		s.stop()
 		return nil, fmt.Errorf("redis did not start: %w", err)
 	}
-	port, err := freePort()
-	if err != nil {
-		s.stop()
-		return nil, err
+	for range max(nodes, 1) {
+		port, err := freePort()
+		if err != nil {
+			s.stop()
+			return nil, err
+		}
+		node := exec.Command("node", filepath.Join(dir, "server.js"))
+		node.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), fmt.Sprintf("REDIS_URL=redis://127.0.0.1:%d", rport))
+		node.Stdout, node.Stderr = logf, logf
+		np, err := startProc(node)
+		if err != nil {
+			s.stop()
+			return nil, fmt.Errorf("start node: %w", err)
+		}
+		s.pids = append(s.pids, node.Process.Pid)
+		s.procs = append(s.procs, np)
+		base := fmt.Sprintf("http://127.0.0.1:%d", port)
+		s.nodes = append(s.nodes, clusterNode{name: fmt.Sprintf("socketio-%d", len(s.nodes)), url: base, proc: np})
+		if err := waitHTTP(ctx, base+"/bench/health", np); err != nil {
+			s.stop()
+			return nil, fmt.Errorf("socket.io server did not become ready (npm ci in %s?): %w", dir, err)
+		}
 	}
-	node := exec.Command("node", filepath.Join(dir, "server.js"))
-	node.Env = append(os.Environ(), "PORT="+strconv.Itoa(port), fmt.Sprintf("REDIS_URL=redis://127.0.0.1:%d", rport))
-	node.Stdout, node.Stderr = logf, logf
-	np, err := startProc(node)
-	if err != nil {
-		s.stop()
-		return nil, fmt.Errorf("start node: %w", err)
-	}
-	s.pids = append(s.pids, node.Process.Pid)
-	s.procs = append(s.procs, np)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	s.dial = dialSpec{Target: targetSocketIO, URL: base}
-	s.pub = pubSpec{Target: targetSocketIO, URL: base}
-	if err := waitHTTP(ctx, base+"/bench/health", np); err != nil {
-		s.stop()
-		return nil, fmt.Errorf("socket.io server did not become ready (npm ci in %s?): %w", dir, err)
+	s.dial = dialSpec{Target: targetSocketIO, URL: s.nodes[0].url}
+	s.pub = pubSpec{Target: targetSocketIO, URL: s.nodes[0].url}
+	if nodes > 1 {
+		for _, n := range s.nodes {
+			s.dial.URLs = append(s.dial.URLs, n.url)
+			s.pub.URLs = append(s.pub.URLs, n.url)
+		}
 	}
 	return s, nil
 }

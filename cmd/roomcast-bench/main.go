@@ -40,7 +40,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCommand(), workerCommand())
+	root.AddCommand(runCommand(), workerCommand(), etcdCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "roomcast-bench:", err)
 		os.Exit(1)

@@ -27,7 +27,27 @@ type pubSpec struct {
 	Control string // roomcast: control API address
 	Token   string // roomcast: control API bearer token
 	URL     string // Socket.IO adapter: http://host:port
+	// Controls (roomcast) or URLs (Socket.IO), when set, are every node of a cluster:
+	// stream k publishes through node k mod len (see at).
+	Controls []string
+	URLs     []string
 }
+
+// at returns the spec of node k of a cluster (k mod the node count); p itself when p
+// names one node.
+func (p pubSpec) at(k int) pubSpec {
+	q := p
+	if len(p.Controls) > 0 {
+		q.Control = p.Controls[k%len(p.Controls)]
+	}
+	if len(p.URLs) > 0 {
+		q.URL = p.URLs[k%len(p.URLs)]
+	}
+	return q
+}
+
+// nodes is how many nodes the spec can publish through.
+func (p pubSpec) nodes() int { return max(len(p.Controls), len(p.URLs), 1) }
 
 // publisher is one ordered publish stream (PublishStream, or the adapter's WebSocket
 // that mirrors it). send may block under flow control; acknowledgements are counted by
@@ -43,7 +63,7 @@ type publisher interface {
 func (p pubSpec) open(ctx context.Context) (publisher, error) {
 	switch p.Target {
 	case targetRoomcast:
-		return openGRPCStream(ctx, p)
+		return openGRPCStream(ctx, p, nil)
 	case targetSocketIO:
 		return openSIOStream(ctx, p)
 	}
@@ -106,7 +126,10 @@ func dialControl(addr string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 }
 
-func openGRPCStream(ctx context.Context, p pubSpec) (*grpcStream, error) {
+// openGRPCStream opens a PublishStream on its own connection. onAck, when set, is called
+// from the stream's reader goroutine with every acknowledgement: the request id (the
+// n-th send has id n) and nil or the publish's error.
+func openGRPCStream(ctx context.Context, p pubSpec, onAck func(id uint64, err error)) (*grpcStream, error) {
 	// A connection per stream: several streams on one HTTP/2 connection share its
 	// flow-control window and its single writer.
 	cc, err := dialControl(p.Control)
@@ -133,8 +156,15 @@ func openGRPCStream(ctx context.Context, p pubSpec) (*grpcStream, error) {
 				return
 			}
 			if e := a.GetError(); e != nil {
-				g.fail(fmt.Errorf("publish: %s (%d)", e.GetMessage(), e.GetCode()))
+				err := fmt.Errorf("publish: %s (%d)", e.GetMessage(), e.GetCode())
+				if onAck != nil {
+					onAck(a.GetRequestId(), err)
+				}
+				g.fail(err)
 				continue
+			}
+			if onAck != nil {
+				onAck(a.GetRequestId(), nil)
 			}
 			g.ok.Add(1)
 		}

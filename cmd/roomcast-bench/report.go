@@ -32,6 +32,7 @@ func writeTable(w io.Writer, rep report) {
 	for _, r := range rep.Steps {
 		fmt.Fprintln(w, tableRow(r))
 	}
+	writeComparison(w, rep.Compare)
 	var notes []string
 	for _, r := range rep.Steps {
 		if r.Note != "" {
@@ -100,7 +101,16 @@ func writeSVG(w io.Writer, rep report) error {
 			v := math.Max(ms, lo)
 			return top + ph - ph*(math.Log10(v)-math.Log10(lo))/(math.Log10(hi)-math.Log10(lo))
 		}
-		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="15" font-weight="bold">%s: publish→deliver latency by percentile</text>`+"\n", ml, top-14, html.EscapeString(scen))
+		what := "publish→deliver latency"
+		switch scen {
+		case "recover":
+			what = "time from the kill until every room is re-joined"
+		case "churn":
+			what = "connect + join latency"
+		case "publish":
+			what = "publish call latency"
+		}
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" font-size="15" font-weight="bold">%s: %s by percentile</text>`+"\n", ml, top-14, html.EscapeString(scen), what)
 		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="%.0f" height="%.0f" fill="none" stroke="#333"/>`+"\n", ml, top, pw, ph)
 		for d := lo; d <= hi*1.001; d *= 10 {
 			y := yOf(d)
@@ -117,7 +127,7 @@ func writeSVG(w io.Writer, rep report) error {
 		for k, s := range steps {
 			color := palette[k%len(palette)]
 			dash := ""
-			if s.Target != targetRoomcast {
+			if protocolOf(s.Target) != targetRoomcast {
 				dash = ` stroke-dasharray="6 4"`
 			}
 			var pts []string

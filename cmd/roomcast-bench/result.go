@@ -46,6 +46,14 @@ type stepResult struct {
 	ServerRSSPerConn float64 `json:"server_rss_bytes_per_conn,omitempty"`
 	ToolCPUCores     float64 `json:"tool_cpu_cores"`
 	Note             string  `json:"note,omitempty"`
+
+	// Nodes is the number of server nodes of the target (clusters).
+	Nodes int `json:"nodes,omitempty"`
+	// ViaNonOwner is the share of publishes sent through a node that does not own the
+	// room (clusters, when the owners could be listed).
+	ViaNonOwner float64 `json:"publishes_via_non_owner,omitempty"`
+	// Recovery details the recover scenario.
+	Recovery *recoveryResult `json:"recovery,omitempty"`
 }
 
 // percentile is one point of a latency distribution.
@@ -79,6 +87,9 @@ type report struct {
 	Started string       `json:"started"`
 	Host    hostInfo     `json:"host"`
 	Steps   []stepResult `json:"steps"`
+	// Compare sets each cluster step beside the same step of its single-node baseline
+	// measured in the same run.
+	Compare []comparison `json:"compare,omitempty"`
 }
 
 type hostInfo struct {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +27,10 @@ type runOptions struct {
 
 	url, control, controlToken, secret string
 	sioURL                             string
+	nodes                              int      // --local cluster size
+	clusterURLs, clusterControls       []string // a running cluster
+	sio2URLs                           []string // running Socket.IO nodes sharing Redis
+	pprofDir                           string
 	serverPIDs                         []int
 	sources                            int
 
@@ -40,9 +45,22 @@ func runCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run scenarios against one or more targets and report",
-		Long: `Run scenarios (idle, fanout, rooms, churn, publish) against each target in turn
-(roomcast, socketio) and print one table; --json and --svg write the results and a
-percentile chart.
+		Long: `Run scenarios (idle, fanout, rooms, churn, publish, recover) against each target
+in turn (roomcast: one node; cluster: a roomcast cluster; socketio: one Socket.IO node
+with the Redis adapter; socketio2: two of them sharing Redis) and print one table;
+--json and --svg write the results and a percentile chart. A cluster target is also
+compared with its single-node baseline measured in the same run (same scenarios,
+rates and members): p50/p99/p99.9 side by side and the p99 difference.
+
+Connections spread over a cluster's nodes round-robin; publish streams go through the
+nodes round-robin too (fanout publishes through a node that does not own the room), so
+most publishes cross a peer link; the result says what share did.
+
+recover (cluster with --local only; run last because it kills a node): Go SDK clients
+(reconnect and recovery on) spread over the nodes join history rooms while a publisher
+runs; one node is killed with SIGKILL; reported: time from the kill until every client
+of that node is connected to another node and has re-joined all its rooms (recovered,
+or told recovered=false), and messages lost or duplicated.
 
 With --local the tool starts each server itself: "roomcast node --dev" (from
 --roomcast-bin, or a roomcast binary next to this one) with load-test limits, and for
@@ -53,6 +71,10 @@ running servers with --url/--control/--control-token/--secret (roomcast) or
   roomcast-bench run --local --targets roomcast,socketio --scenarios idle,fanout,rooms \
       --idle-conns 2000 --fanout-rates 100,500 --step 3s --json out.json --svg out.svg
 
+  # one node versus a local 3-node cluster, same run; then kill a node
+  roomcast-bench run --local --targets roomcast,cluster --scenarios fanout,rooms,recover \
+      --fanout-rates 100 --rooms-rates 10000 --json out.json --svg out.svg
+
   # a running node
   roomcast-bench run --url ws://127.0.0.1:8080/ws --control 127.0.0.1:9090 \
       --secret $ROOMCAST_JWT_SECRET --control-token $ROOMCAST_CONTROL_TOKEN \
@@ -61,8 +83,8 @@ running servers with --url/--control/--control-token/--secret (roomcast) or
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.targets, "targets", []string{targetRoomcast}, "systems to measure, in order: roomcast, socketio")
-	f.StringSliceVar(&o.scenarios, "scenarios", []string{"idle", "fanout", "rooms"}, "scenarios: idle, fanout, rooms, churn, publish")
+	f.StringSliceVar(&o.targets, "targets", []string{targetRoomcast}, "systems to measure, in order: roomcast, cluster, socketio, socketio2")
+	f.StringSliceVar(&o.scenarios, "scenarios", []string{"idle", "fanout", "rooms"}, "scenarios: idle, fanout, rooms, churn, publish, recover")
 	f.BoolVar(&o.local, "local", false, "start each server locally (roomcast node --dev; redis-server + node for socketio)")
 	f.StringVar(&o.bin, "roomcast-bin", "", "roomcast binary for --local (default: next to this binary, then PATH)")
 	f.StringVar(&o.sioDir, "socketio-dir", "bench/socketio", "Socket.IO adapter server directory for --local")
@@ -75,6 +97,11 @@ running servers with --url/--control/--control-token/--secret (roomcast) or
 	f.StringVar(&o.controlToken, "control-token", os.Getenv("ROOMCAST_CONTROL_TOKEN"), "control API token (env ROOMCAST_CONTROL_TOKEN)")
 	f.StringVar(&o.secret, "secret", os.Getenv("ROOMCAST_JWT_SECRET"), "HS256 secret the node trusts, to mint client tokens (env ROOMCAST_JWT_SECRET)")
 	f.StringVar(&o.sioURL, "socketio-url", "http://127.0.0.1:3000", "Socket.IO adapter server base URL")
+	f.IntVar(&o.nodes, "nodes", 3, "--local cluster: roomcast nodes to start")
+	f.StringSliceVar(&o.clusterURLs, "cluster-url", nil, "a running cluster: every node's WebSocket URL")
+	f.StringSliceVar(&o.clusterControls, "cluster-control", nil, "a running cluster: every node's control API address, in the same order")
+	f.StringSliceVar(&o.sio2URLs, "socketio2-url", nil, "running Socket.IO adapter servers sharing one Redis (target socketio2)")
+	f.StringVar(&o.pprofDir, "pprof-dir", "", "roomcast targets with --local: save a CPU profile of every node for every publishing step here")
 	f.IntSliceVar(&o.serverPIDs, "server-pid", nil, "server process ids (summed: e.g. node and redis), for RSS and CPU from /proc")
 	f.IntVar(&o.sources, "sources", 8, "spread connections over 127.0.0.1..127.0.0.N source addresses")
 
@@ -93,6 +120,7 @@ running servers with --url/--control/--control-token/--secret (roomcast) or
 	f.DurationVar(&c.IdleSettle, "idle-settle", 3*time.Second, "idle: pause after the last connect before sampling RSS")
 	f.IntVar(&c.FanMembers, "fanout-members", 1000, "fanout: room members")
 	f.IntSliceVar(&c.FanRates, "fanout-rates", []int{100, 200, 500, 1000, 2000}, "fanout: publish rates to step through, messages/s")
+	f.BoolVar(&c.FanViaOwner, "fanout-via-owner", false, "fanout on a cluster: publish through the room's owner (default: through another node)")
 	f.IntVar(&c.RoomsConns, "rooms-conns", 10000, "rooms: connections")
 	f.IntVar(&c.RoomsCount, "rooms-count", 10000, "rooms: rooms")
 	f.IntVar(&c.RoomsSize, "rooms-size", 5, "rooms: members per room")
@@ -105,18 +133,24 @@ running servers with --url/--control/--control-token/--secret (roomcast) or
 	f.DurationVar(&c.PubDuration, "publish-duration", 5*time.Second, "publish: duration of each mode")
 	f.IntVar(&c.PubConcurrency, "publish-concurrency", 32, "publish: unary calls in flight")
 	f.IntVar(&c.PubWindow, "publish-window", 1024, "publish: stream publishes in flight")
+	f.IntVar(&c.RecClients, "recover-clients", 1500, "recover: Go SDK clients, spread over the nodes")
+	f.IntVar(&c.RecRooms, "recover-rooms", 300, "recover: history rooms (feed:*, 1,000 messages retained)")
+	f.IntVar(&c.RecJoins, "recover-joins", 3, "recover: rooms each client joins")
+	f.Float64Var(&c.RecRate, "recover-rate", 1000, "recover: publishes per second while the node dies")
+	f.DurationVar(&c.RecDuration, "recover-duration", 12*time.Second, "recover: publishing time")
+	f.DurationVar(&c.RecKillAfter, "recover-kill-after", 3*time.Second, "recover: kill the node this long after publishing starts")
+	f.DurationVar(&c.RecTimeout, "recover-timeout", 60*time.Second, "recover: longest wait for every client of the killed node to recover")
+	f.IntVar(&c.RecKill, "recover-kill", -1, "recover: index of the node to kill (default: the last; never one a publish stream uses)")
 	return cmd
 }
 
 func (o *runOptions) run(ctx context.Context) error {
 	scen := map[string]func(*runner, context.Context) ([]stepResult, error){
 		"idle": (*runner).idle, "fanout": (*runner).fanout, "rooms": (*runner).manyRooms,
-		"churn": (*runner).churn, "publish": (*runner).publishThroughput,
+		"churn": (*runner).churn, "publish": (*runner).publishThroughput, "recover": (*runner).recover,
 	}
-	for _, s := range o.scenarios {
-		if scen[s] == nil {
-			return fmt.Errorf("unknown scenario %q (idle, fanout, rooms, churn, publish)", s)
-		}
+	if err := o.validate(scen); err != nil {
+		return err
 	}
 	load, _ := os.ReadFile("/proc/loadavg")
 	rep := report{Started: time.Now().Format(time.RFC3339),
@@ -134,6 +168,7 @@ func (o *runOptions) run(ctx context.Context) error {
 			break
 		}
 	}
+	rep.Compare = compareSteps(rep.Steps)
 	if err := o.write(rep); err != nil {
 		return err
 	}
@@ -142,16 +177,23 @@ func (o *runOptions) run(ctx context.Context) error {
 
 func (o *runOptions) runTarget(ctx context.Context, target string, progress io.Writer,
 	scen map[string]func(*runner, context.Context) ([]stepResult, error)) ([]stepResult, error) {
-	r := &runner{cfg: o.cfg, target: target, progress: progress, serverPIDs: o.serverPIDs}
+	r := &runner{cfg: o.cfg, target: target, progress: progress, serverPIDs: o.serverPIDs, pprofDir: o.pprofDir}
 	switch target {
 	case targetRoomcast:
-		r.dial = dialSpec{Target: target, URL: o.url, Secret: o.secret}
-		r.pub = pubSpec{Target: target, Control: o.control, Token: o.controlToken}
+		r.dial = dialSpec{Target: targetRoomcast, URL: o.url, Secret: o.secret}
+		r.pub = pubSpec{Target: targetRoomcast, Control: o.control, Token: o.controlToken}
+	case targetCluster:
+		r.dial = dialSpec{Target: targetRoomcast, URLs: o.clusterURLs, Secret: o.secret}
+		r.pub = pubSpec{Target: targetRoomcast, Controls: o.clusterControls, Token: o.controlToken}
+		for k, u := range o.clusterURLs {
+			r.nodes = append(r.nodes, clusterNode{name: fmt.Sprintf("node%d", k), url: u, control: o.clusterControls[k]})
+		}
 	case targetSocketIO:
-		r.dial = dialSpec{Target: target, URL: o.sioURL}
-		r.pub = pubSpec{Target: target, URL: o.sioURL}
-	default:
-		return nil, fmt.Errorf("unknown target %q (roomcast, socketio)", target)
+		r.dial = dialSpec{Target: targetSocketIO, URL: o.sioURL}
+		r.pub = pubSpec{Target: targetSocketIO, URL: o.sioURL}
+	case targetSocketIO2:
+		r.dial = dialSpec{Target: targetSocketIO, URLs: o.sio2URLs}
+		r.pub = pubSpec{Target: targetSocketIO, URLs: o.sio2URLs}
 	}
 	if o.local {
 		logf, err := o.openLog()
@@ -160,25 +202,34 @@ func (o *runOptions) runTarget(ctx context.Context, target string, progress io.W
 		}
 		defer logf.Close()
 		var srv *localServer
-		if target == targetRoomcast {
+		switch target {
+		case targetRoomcast, targetCluster:
 			bin, err := findRoomcast(o.bin)
 			if err != nil {
 				return nil, err
 			}
-			srv, err = startLocalRoomcast(ctx, bin, o.queue, o.nodeArgs, logf)
+			if target == targetRoomcast {
+				srv, err = startLocalRoomcast(ctx, bin, o.queue, o.nodeArgs, logf)
+			} else {
+				srv, err = startLocalCluster(ctx, bin, o.nodes, o.queue, o.nodeArgs, logf)
+			}
 			if err != nil {
 				return nil, err
 			}
-		} else {
-			srv, err = startLocalSocketIO(ctx, o.sioDir, logf)
+		default:
+			nodes := 1
+			if target == targetSocketIO2 {
+				nodes = 2
+			}
+			srv, err = startLocalSocketIO(ctx, o.sioDir, nodes, logf)
 			if err != nil {
 				return nil, err
 			}
 		}
 		defer srv.stop()
-		r.dial, r.pub, r.serverPIDs = srv.dial, srv.pub, srv.pids
+		r.dial, r.pub, r.serverPIDs, r.nodes = srv.dial, srv.pub, srv.pids, srv.nodes
 	}
-	if target == targetRoomcast && r.dial.Secret == "" {
+	if protocolOf(target) == targetRoomcast && r.dial.Secret == "" {
 		return nil, fmt.Errorf("--secret (or ROOMCAST_JWT_SECRET) is required to mint client tokens")
 	}
 	r.dial.Sources = o.sources
@@ -189,7 +240,7 @@ func (o *runOptions) runTarget(ctx context.Context, target string, progress io.W
 	defer p.close()
 	r.pool = p
 	var out []stepResult
-	for _, s := range o.scenarios {
+	for _, s := range orderScenarios(o.scenarios) {
 		if progress != nil {
 			fmt.Fprintf(progress, "[%s] scenario %s\n", target, s)
 		}
@@ -200,6 +251,61 @@ func (o *runOptions) runTarget(ctx context.Context, target string, progress io.W
 		}
 	}
 	return out, nil
+}
+
+// validate checks the targets, scenarios and what each target needs.
+func (o *runOptions) validate(scen map[string]func(*runner, context.Context) ([]stepResult, error)) error {
+	for _, s := range o.scenarios {
+		if scen[s] == nil {
+			return fmt.Errorf("unknown scenario %q (idle, fanout, rooms, churn, publish, recover)", s)
+		}
+	}
+	if len(o.targets) == 0 {
+		return fmt.Errorf("no target (--targets %s)", strings.Join(targetNames, ","))
+	}
+	for _, t := range o.targets {
+		switch t {
+		case targetRoomcast, targetSocketIO:
+		case targetCluster:
+			if o.local {
+				if o.nodes < 2 {
+					return fmt.Errorf("--nodes %d: a cluster needs at least 2", o.nodes)
+				}
+				break
+			}
+			if len(o.clusterURLs) < 2 || len(o.clusterURLs) != len(o.clusterControls) {
+				return fmt.Errorf("target cluster without --local needs --cluster-url and --cluster-control for every node (at least 2, same order)")
+			}
+			if slices.Contains(o.scenarios, "recover") {
+				return fmt.Errorf("scenario recover kills a node: it needs --local")
+			}
+		case targetSocketIO2:
+			if !o.local && len(o.sio2URLs) < 2 {
+				return fmt.Errorf("target socketio2 without --local needs --socketio2-url for at least 2 servers")
+			}
+		default:
+			return fmt.Errorf("unknown target %q (%s)", t, strings.Join(targetNames, ", "))
+		}
+	}
+	return nil
+}
+
+// orderScenarios returns the scenarios in the given order, except that recover, which
+// kills a node, runs last.
+func orderScenarios(in []string) []string {
+	var out []string
+	last := false
+	for _, s := range in {
+		if s == "recover" {
+			last = true
+			continue
+		}
+		out = append(out, s)
+	}
+	if last {
+		out = append(out, "recover")
+	}
+	return out
 }
 
 func (o *runOptions) openLog() (*os.File, error) {

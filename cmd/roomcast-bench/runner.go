@@ -26,8 +26,9 @@ type scenarioConfig struct {
 	IdleConns  int
 	IdleSettle time.Duration
 
-	FanMembers int
-	FanRates   []int
+	FanMembers  int
+	FanRates    []int
+	FanViaOwner bool // cluster: publish through the room's owner instead of another node
 
 	RoomsConns   int
 	RoomsCount   int
@@ -43,6 +44,15 @@ type scenarioConfig struct {
 	PubDuration    time.Duration
 	PubConcurrency int
 	PubWindow      int
+
+	RecClients   int           // recover: SDK clients
+	RecRooms     int           // recover: history rooms
+	RecJoins     int           // recover: rooms per client
+	RecRate      float64       // recover: publishes per second
+	RecDuration  time.Duration // recover: publishing time
+	RecKillAfter time.Duration // recover: kill this long after publishing starts
+	RecTimeout   time.Duration // recover: longest wait for the clients to recover
+	RecKill      int           // recover: node index to kill; < 0 for the last
 }
 
 // runner runs scenarios against one target. It is used from one goroutine; the
@@ -54,9 +64,17 @@ type runner struct {
 	pub        pubSpec
 	serverPIDs []int
 	pool       *pool
-	progress   io.Writer // live progress lines (stderr); nil for none
-	nextID     int       // next connection id (unique within the run)
-	step       int64     // last step number used
+	progress   io.Writer     // live progress lines (stderr); nil for none
+	nextID     int           // next connection id (unique within the run)
+	step       int64         // last step number used
+	nodes      []clusterNode // the target's nodes, when known (kill, pprof)
+	pprofDir   string        // save a CPU profile per node and publishing step here
+	// pubBase is the node the first publish stream goes through (stream s uses node
+	// pubBase+s); fanout sets it to a node that does not own the room.
+	pubBase int
+	// owners maps a room to the node index that owns it, for the step being run (a
+	// cluster target); nil when unknown.
+	owners map[string]int
 }
 
 // connectAll spreads specs over the workers (spec k to worker k mod W) and opens them.
@@ -245,6 +263,8 @@ func (r *runner) fanout(ctx context.Context) ([]stepResult, error) {
 	if held == 0 {
 		return nil, fmt.Errorf("fanout: no member connected: %s", firstErr)
 	}
+	r.placePublishers(ctx, "bench-fanout-", []string{room})
+	defer func() { r.pubBase, r.owners = 0, nil }()
 	var out []stepResult
 	seqs := make([]int64, 1)
 	for _, rate := range r.cfg.FanRates {
@@ -331,6 +351,8 @@ func (r *runner) manyRooms(ctx context.Context) ([]stepResult, error) {
 			}
 		}
 	}
+	r.placePublishers(ctx, fmt.Sprintf("bench-r%d-", base), nil)
+	defer func() { r.pubBase, r.owners = 0, nil }()
 	var out []stepResult
 	seqs := make([]int64, len(rooms))
 	for _, rate := range c.RoomsRates {
@@ -363,7 +385,7 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 	streams = min(streams, len(rooms))
 	pubs := make([]publisher, streams)
 	for s := range pubs {
-		p, err := r.pub.open(ctx)
+		p, err := r.pub.at(r.pubBase + s).open(ctx)
 		if err != nil {
 			for _, q := range pubs[:s] {
 				_, _, _ = q.finish(ctx)
@@ -382,6 +404,8 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 	stopProgress := r.startProgress(ctx, label, func() string {
 		return fmt.Sprintf("  sent %d", sentTotal.Load())
 	})
+	stopProfiles := r.startProfiles(ctx, fmt.Sprintf("%s-%s-%.0f", r.target, scenario, rate), r.cfg.Step)
+	defer stopProfiles()
 	var wg sync.WaitGroup
 	errs := make([]error, streams)
 	for s := range streams {
@@ -420,10 +444,21 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 		}
 	}
 	cancel()
+	var viaOther, placed int64
 	for k := range rooms {
 		res.Published += published[k]
 		res.Expected += published[k] * int64(members[k])
+		if owner, ok := r.owners[rooms[k]]; ok && r.pub.nodes() > 1 {
+			placed += published[k]
+			if owner != (r.pubBase+k%streams)%r.pub.nodes() {
+				viaOther += published[k]
+			}
+		}
 	}
+	if placed > 0 {
+		res.ViaNonOwner = float64(viaOther) / float64(placed)
+	}
+	res.Nodes = len(r.nodes)
 	res.Unsent = perStream*int64(streams) - res.Published
 	// Wait (bounded by Tail) for the last deliveries.
 	deadline := sendEnd.Add(r.cfg.Tail)
@@ -445,6 +480,9 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 	}
 	u1 := r.usage()
 	stopProgress()
+	if perr := stopProfiles(); perr != nil {
+		res.Note = joinNote("pprof: "+perr.Error(), res.Note)
+	}
 	held, _, dropped, tot, h, err := r.stats(ctx, true)
 	if err != nil {
 		return res, err

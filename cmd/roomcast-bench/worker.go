@@ -52,6 +52,8 @@ type workerRequest struct {
 	Step     int64      `json:"step,omitempty"`
 	WithHist bool       `json:"with_hist,omitempty"`
 	Churn    *churnSpec `json:"churn,omitempty"`
+	SDK      *sdkSpec   `json:"sdk,omitempty"`
+	Query    *sdkQuery  `json:"query,omitempty"`
 }
 
 type churnResult struct {
@@ -73,6 +75,7 @@ type workerReply struct {
 	Dropped   int64                  `json:"dropped"` // connections the server closed
 	CPU       time.Duration          `json:"cpu"`
 	Churn     *churnResult           `json:"churn,omitempty"`
+	SDK       *sdkReport             `json:"sdk,omitempty"`
 }
 
 // worker holds connections and accounts their deliveries. Every connection has one
@@ -86,6 +89,7 @@ type worker struct {
 	mu    sync.Mutex
 	dial  dialSpec
 	conns []*wconn // held, oldest first (churn replaces from the front)
+	sdk   *sdkSet  // the recover scenario's SDK clients; nil until it starts them
 }
 
 type wconn struct {
@@ -123,6 +127,7 @@ func workerMain(in io.Reader, out io.Writer) error {
 	cancel()
 	handlers.Wait()
 	w.closeAll()
+	w.closeSDK()
 	return sc.Err()
 }
 
@@ -147,6 +152,32 @@ func (w *worker) handle(ctx context.Context, req workerRequest) workerReply {
 		return rep
 	case opClose:
 		w.closeAll()
+		return w.stats(false)
+	case opSDKConnect:
+		if req.SDK == nil {
+			return workerReply{Err: "sdk-connect: no spec"}
+		}
+		return w.sdkConnect(ctx, *req.SDK)
+	case opSDKMark, opSDKStats:
+		if req.Query == nil {
+			return workerReply{Err: req.Op + ": no query"}
+		}
+		rep := w.stats(false)
+		w.mu.Lock()
+		set := w.sdk
+		w.mu.Unlock()
+		if set == nil {
+			set = &sdkSet{}
+		}
+		if req.Op == opSDKMark {
+			m := set.mark(req.Query.Node)
+			rep.SDK = &m
+		} else {
+			rep.SDK = set.report(*req.Query)
+		}
+		return rep
+	case opSDKClose:
+		w.closeSDK()
 		return w.stats(false)
 	}
 	return workerReply{Err: fmt.Sprintf("unknown op %q", req.Op)}
@@ -244,6 +275,16 @@ func (w *worker) read(wc *wconn, target string) {
 		if s, ok := parseStamp(frame); ok {
 			w.tally.observe(wc.id, seen, s, time.Now().UnixMicro())
 		}
+	}
+}
+
+func (w *worker) closeSDK() {
+	w.mu.Lock()
+	set := w.sdk
+	w.sdk = nil
+	w.mu.Unlock()
+	if set != nil {
+		set.closeAll()
 	}
 }
 
