@@ -119,16 +119,20 @@ func (s *Store) Set(ctx context.Context, raw []byte, ifRevision int64) (int64, e
 	if _, err := Parse(raw); err != nil {
 		return 0, err
 	}
+	return s.guarded(ctx, ifRevision, "write", clientv3.OpPut(s.key, string(raw)))
+}
+
+// guarded runs op on the document's key when its mod revision is ifRevision (any
+// revision when ifRevision < 0), and returns the revision of the change or a
+// *ConflictError naming the revision found.
+func (s *Store) guarded(ctx context.Context, ifRevision int64, what string, op clientv3.Op) (int64, error) {
 	var cmps []clientv3.Cmp
 	if ifRevision >= 0 {
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.key), "=", ifRevision))
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).
-		Then(clientv3.OpPut(s.key, string(raw))).
-		Else(clientv3.OpGet(s.key)).
-		Commit()
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(op).Else(clientv3.OpGet(s.key)).Commit()
 	if err != nil {
-		return 0, fmt.Errorf("write %s: %w", s.key, err)
+		return 0, fmt.Errorf("%s %s: %w", what, s.key, err)
 	}
 	if !resp.Succeeded {
 		ce := &ConflictError{Want: ifRevision}
@@ -143,25 +147,7 @@ func (s *Store) Set(ctx context.Context, raw []byte, ifRevision int64) (int64, e
 // Delete removes the stored document, so nodes fall back to their own files. It
 // honours ifRevision like Set and returns the revision of the deletion.
 func (s *Store) Delete(ctx context.Context, ifRevision int64) (int64, error) {
-	var cmps []clientv3.Cmp
-	if ifRevision >= 0 {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.key), "=", ifRevision))
-	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).
-		Then(clientv3.OpDelete(s.key)).
-		Else(clientv3.OpGet(s.key)).
-		Commit()
-	if err != nil {
-		return 0, fmt.Errorf("delete %s: %w", s.key, err)
-	}
-	if !resp.Succeeded {
-		ce := &ConflictError{Want: ifRevision}
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			ce.Have = kvs[0].ModRevision
-		}
-		return 0, ce
-	}
-	return resp.Header.Revision, nil
+	return s.guarded(ctx, ifRevision, "delete", clientv3.OpDelete(s.key))
 }
 
 // Update is one change of the stored document seen by Watch.
