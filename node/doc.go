@@ -28,7 +28,8 @@
 // # Goroutines
 //
 // The node owns: one sweeper (heartbeats, auth timeout, token expiry; ticking every
-// second), one command goroutine per connection that has pending commands (started
+// second; and, once a burst of Config.ReleaseAfterConnects upgrades is followed by a
+// quiet tick, one debug.FreeOSMemory to hand the handshakes' garbage back), one command goroutine per connection that has pending commands (started
 // when its queue goes non-empty, gone when it is empty: OnMessage, on a wsio worker,
 // only decodes and queues), and short-lived goroutines for Fabric.Disconnect and
 // clean-up leaves. Close stops the sweeper, closes the transport and waits for all

@@ -750,3 +750,54 @@ func TestLocalMembers(t *testing.T) {
 		t.Fatalf("member %+v, want alice on %s", ci, res.GetConnection())
 	}
 }
+
+func TestBurstWatch(t *testing.T) {
+	// Each step is the upgrade count seen at one sweep tick, and whether memory is
+	// released at that tick, with a threshold of 10.
+	steps := []struct {
+		count   uint64
+		release bool
+	}{
+		{0, false},  // nothing yet
+		{5, false},  // connecting
+		{12, false}, // still connecting
+		{12, true},  // quiet after 12: release
+		{12, false}, // already released
+		{15, false}, // a few more
+		{15, false}, // quiet, but only 3 since the release
+		{30, false}, // a second burst
+		{30, true},  // quiet: release again
+	}
+	var b burstWatch
+	for i, s := range steps {
+		if got := b.ended(s.count, 10); got != s.release {
+			t.Fatalf("step %d (count %d): release = %v, want %v", i, s.count, got, s.release)
+		}
+	}
+	// With a threshold of 1000, a trickle of fewer than 10 per tick is quiet.
+	var trickle burstWatch
+	for i, s := range []struct {
+		count   uint64
+		release bool
+	}{{600, false}, {1200, false}, {1209, true}, {1215, false}} {
+		if got := trickle.ended(s.count, 1000); got != s.release {
+			t.Fatalf("trickle step %d: release = %v, want %v", i, got, s.release)
+		}
+	}
+	var off burstWatch
+	for _, c := range []uint64{100, 100, 100} {
+		if off.ended(c, -1) {
+			t.Fatal("released with the release disabled")
+		}
+	}
+}
+
+func TestReleaseAfterConnectBurst(t *testing.T) {
+	// A short auth timeout makes the sweeper tick every 10ms.
+	h := newHarness(t, func(c *Config) { c.ReleaseAfterConnects = 3; c.AuthTimeout = 20 * time.Millisecond })
+	for range 3 {
+		cl := h.dial(t, "", nil)
+		defer cl.close()
+	}
+	waitFor(t, "a release after the burst", func() bool { return h.n.releases.Load() == 1 })
+}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"runtime/debug"
 	"time"
 
 	"github.com/roomcast/roomcast/fabric"
@@ -15,14 +16,41 @@ func (n *Node) sweeper() {
 	every := max(min(sweepEvery, n.cfg.PingInterval/2, n.cfg.AuthTimeout/2), 10*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var burst burstWatch
 	for {
 		select {
 		case <-n.sweepStop:
 			return
 		case <-t.C:
 			n.sweep(n.now())
+			if burst.ended(n.upgrades.Load(), n.cfg.ReleaseAfterConnects) {
+				// Only the sweeper calls it, at most once per burst.
+				debug.FreeOSMemory()
+				n.releases.Add(1)
+			}
 		}
 	}
+}
+
+// burstWatch detects the end of a connect burst from the upgrade count seen at each
+// sweep tick.
+type burstWatch struct {
+	last     uint64 // count at the previous tick
+	released uint64 // count at the last release
+}
+
+// ended reports whether at least threshold upgrades happened since the last release
+// and the previous tick was quiet: fewer than threshold/100 upgrades (none for a
+// threshold under 200), so a trickle of reconnects after a burst does not postpone
+// the release for ever. threshold < 0 disables it.
+func (b *burstWatch) ended(count uint64, threshold int) bool {
+	quiet := count-b.last < uint64(max(1, threshold/100))
+	b.last = count
+	if threshold < 0 || !quiet || count-b.released < uint64(threshold) {
+		return false
+	}
+	b.released = count
+	return true
 }
 
 // sweep applies the time-based rules to every connection as of now: the auth

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -104,6 +105,101 @@ func BenchmarkFanout(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(el.Nanoseconds())/float64(int64(b.N)*n), "ns/delivery")
 			b.ReportMetric(float64(int64(b.N)*n)/el.Seconds(), "deliveries/s")
+			for _, ws := range clients {
+				ws.Close()
+			}
+			wg.Wait()
+		})
+	}
+}
+
+// BenchmarkFanoutSweep is the low-rate fan-out: one Message to 1000 connections,
+// then wait until every client has it, so each connection gets one message per
+// flush (one socket write per delivery), as at 100 messages/s in a room of 1000. It
+// reports ns per delivery and the sweep time (first Send to last receipt) at p50 and
+// p99: the floor under publish→deliver latency for a room that size. Clients share
+// the CPU, so both are upper bounds; compare runs made on the same machine.
+func BenchmarkFanoutSweep(b *testing.B) {
+	for _, mode := range modes {
+		b.Run(mode.String(), func(b *testing.B) {
+			const n = 1000
+			s, err := NewServer(Config{Mode: mode})
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns := make(chan *Conn, n)
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				c, err := s.Upgrade(w, r, nil, nil)
+				if err != nil {
+					return
+				}
+				if err := c.Start(nopHandler{}); err == nil {
+					conns <- c
+				}
+			}))
+			defer hs.Close()
+			defer s.Close()
+			url := "ws" + strings.TrimPrefix(hs.URL, "http")
+			var got, want atomic.Int64
+			want.Store(-1)
+			done := make(chan struct{}, 1)
+			var wg sync.WaitGroup
+			clients := make([]*websocket.Conn, 0, n)
+			for range n {
+				ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				clients = append(clients, ws)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						_, r, err := ws.NextReader()
+						if err != nil {
+							return
+						}
+						_, _ = io.Copy(io.Discard, r)
+						if got.Add(1) == want.Load() {
+							done <- struct{}{}
+						}
+					}
+				}()
+			}
+			server := make([]*Conn, 0, n)
+			for range n {
+				server = append(server, <-conns)
+			}
+			payload := bytes.Repeat([]byte("x"), 64)
+			sweeps := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			began, cpu := time.Now(), processCPU()
+			for i := range b.N {
+				want.Store(int64(i+1) * n)
+				start := time.Now()
+				m, err := NewMessage(true, payload)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, c := range server {
+					if err := c.Send(m); err != nil {
+						b.Fatal(err)
+					}
+				}
+				select {
+				case <-done:
+				case <-time.After(time.Minute):
+					b.Fatalf("delivered %d of %d", got.Load(), want.Load())
+				}
+				sweeps = append(sweeps, time.Since(start))
+			}
+			el, cpu := time.Since(began), processCPU()-cpu
+			b.StopTimer()
+			slices.Sort(sweeps)
+			b.ReportMetric(float64(el.Nanoseconds())/float64(int64(b.N)*n), "ns/delivery")
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(int64(b.N)*n), "cpu-ns/delivery")
+			b.ReportMetric(float64(sweeps[len(sweeps)/2].Microseconds()), "p50-µs/sweep")
+			b.ReportMetric(float64(sweeps[len(sweeps)*99/100].Microseconds()), "p99-µs/sweep")
 			for _, ws := range clients {
 				ws.Close()
 			}

@@ -63,6 +63,10 @@ type Config struct {
 	CloseWait time.Duration
 	// Workers is the number of read workers in epoll mode; default 2*GOMAXPROCS.
 	Workers int
+	// FlushWorkers is the number of goroutines that write queued messages to
+	// sockets, in both modes; default GOMAXPROCS. A write never blocks them: a
+	// socket whose buffer is full gets a goroutine of its own until it drains.
+	FlushWorkers int
 	// Logger receives transport diagnostics; default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the transport's metrics; nil means they are not
@@ -102,6 +106,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
+	if cfg.FlushWorkers == 0 {
+		cfg.FlushWorkers = runtime.GOMAXPROCS(0)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -118,7 +125,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.WriteTimeout < 0 || cfg.PartialTimeout < 0 || cfg.CloseWait < 0 {
 		errs = append(errs, errors.New("timeouts must be positive"))
 	}
-	if cfg.Workers < 0 {
+	if cfg.Workers < 0 || cfg.FlushWorkers < 0 {
 		errs = append(errs, errors.New("workers must be positive"))
 	}
 	switch cfg.Mode {

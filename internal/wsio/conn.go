@@ -50,7 +50,7 @@ type Conn struct {
 	s     *Server
 	id    uint32
 	nc    net.Conn        // the hijacked socket
-	rc    syscall.RawConn // epoll mode: fd access, only inside Control
+	rc    syscall.RawConn // fd access (only inside Control, Read or Write): epoll reads, non-blocking writes
 	ws    *websocket.Conn // frames messages (reads and writes) over nio
 	nio   connIO          // the net.Conn gorilla sees; an interior pointer, no allocation
 	epoll bool
@@ -61,29 +61,30 @@ type Conn struct {
 	// writes then go straight to the socket. Written before the Conn is published.
 	handshake bool
 
-	mu         sync.Mutex // guards everything below up to the read state
-	state      uint8
-	h          Handler
-	flushing   bool        // a flush goroutine owns the socket's write side
-	queue      *[]*Message // messages not yet taken by the flusher (pooled)
-	qBytes     int
-	out        *[]byte // bytes gorilla framed, waiting for the flusher (pooled)
-	closeReq   bool    // a close frame must be written after the queue
-	closeTaken bool    // the flusher has taken the close request
-	closeDone  bool    // our close frame has reached the socket
-	closeNow   bool    // close the socket right after our close frame
-	peerClosed bool    // the peer's close frame was received
-	stopRead   bool    // stop reading: a close frame was received or we failed the conn
-	pongWanted bool    // the flusher owes the peer a pong carrying pongData
-	pongData   string  // payload of the most recent ping not yet answered
-	closeCode  int
-	closeText  string
-	closeErr   error       // why the connection ended (first cause wins)
-	timer      *time.Timer // bounds the closing handshake
-	readBusy   bool        // epoll: a worker is inside the read path
-	readDone   bool        // epoll: the read path will not be armed again
-	notified   bool        // OnClose was delivered or handed to a goroutine
-	done       chan struct{}
+	mu          sync.Mutex // guards everything below up to the read state
+	state       uint8
+	h           Handler
+	flushing    bool        // a flush goroutine owns the socket's write side
+	queue       *[]*Message // messages not yet taken by the flusher (pooled)
+	qBytes      int
+	out         *[]byte // bytes gorilla framed, waiting for the flusher (pooled)
+	closeReq    bool    // a close frame must be written after the queue
+	closeTaken  bool    // the flusher has taken the close request
+	closeDone   bool    // our close frame has reached the socket
+	closeNow    bool    // close the socket right after our close frame
+	closeFramed bool    // a close frame (ours or gorilla's) has been appended to out
+	peerClosed  bool    // the peer's close frame was received
+	stopRead    bool    // stop reading: a close frame was received or we failed the conn
+	pongWanted  bool    // the flusher owes the peer a pong carrying pongData
+	pongData    string  // payload of the most recent ping not yet answered
+	closeCode   int
+	closeText   string
+	closeErr    error       // why the connection ended (first cause wins)
+	timer       *time.Timer // bounds the closing handshake
+	readBusy    bool        // epoll: a worker is inside the read path
+	readDone    bool        // epoll: the read path will not be armed again
+	notified    bool        // OnClose was delivered or handed to a goroutine
+	done        chan struct{}
 
 	// Read state of epoll mode, owned by the worker that holds readBusy (EPOLLONESHOT
 	// lets only one worker in at a time).
@@ -164,12 +165,12 @@ func (c *Conn) Send(m *Message) error {
 	if c.queue == nil {
 		c.queue = c.s.pools.getQueue()
 	}
-	if len(*c.queue)+1 > c.s.cfg.MaxQueueMessages || c.qBytes+m.n > c.s.cfg.MaxQueueBytes {
+	if len(*c.queue)+1 > c.s.cfg.MaxQueueMessages || c.qBytes+len(m.frame) > c.s.cfg.MaxQueueBytes {
 		c.mu.Unlock()
 		return ErrQueueFull
 	}
 	*c.queue = append(*c.queue, m)
-	c.qBytes += m.n
+	c.qBytes += len(m.frame)
 	c.kickLocked()
 	c.mu.Unlock()
 	return nil
@@ -305,82 +306,256 @@ func (c *Conn) dropQueueLocked() {
 	c.qBytes = 0
 }
 
-// kickLocked starts a flush goroutine unless one is running. There is no idle writer
-// goroutine: the flusher exits when it finds nothing to write.
+// kickLocked hands the connection to a flush worker unless a flush is running.
+// There is no idle writer goroutine per connection: a small pool of flush workers
+// serves every connection, and a connection leaves the pool's queue once nothing is
+// left to write. When the queue is full (a fan-out to more connections than it
+// holds), a goroutine of its own flushes the connection instead.
 func (c *Conn) kickLocked() {
 	if c.flushing || c.state == stateClosed {
 		return
 	}
 	c.flushing = true
 	c.s.wg.Add(1) // the conn's own count is held while not closed
-	go c.flush()
+	select {
+	case c.s.flushq <- c:
+	default:
+		go c.flush()
+	}
 }
 
-// flush is the one writer of the socket. Each round takes everything queued, lets
-// gorilla frame it into c.out (through connIO.Write), adds the close frame when one
-// is due, and writes the batch with a single socket write.
+// round is what one flush round writes: buf, backed by out (pooled) or by the only
+// message of batch.
+type round struct {
+	buf       []byte
+	out       *[]byte
+	batch     *[]*Message
+	sendClose bool
+}
+
+// flushWorker serves connections handed over by kickLocked until the server closes
+// the queue. It writes one round per turn and puts a connection with more to write
+// back at the end of the queue, so one busy connection cannot hold a worker while
+// others wait.
+func (s *Server) flushWorker() {
+	defer s.fwg.Done()
+	for c := range s.flushq {
+		c.flushTurn()
+	}
+}
+
+// flushTurn is one worker turn for c (flushing is set and a wg count is held for it).
+func (c *Conn) flushTurn() {
+	r, ok := c.takeRound()
+	if !ok {
+		c.s.wg.Done()
+		return
+	}
+	rest, err := c.writeFast(r.buf)
+	if err == nil && len(rest) > 0 {
+		// The socket's buffer is full: wait on a goroutine of its own, never on a
+		// worker that other connections share. It carries on with the flush.
+		go c.finishBlocked(r, rest)
+		return
+	}
+	c.endRound(r, err)
+	if !c.morePending() {
+		c.s.wg.Done()
+		return
+	}
+	select {
+	case c.s.flushq <- c:
+	default:
+		go c.flush()
+	}
+}
+
+// flush writes rounds until nothing is left, on a goroutine of its own (the count
+// taken for it in wg is released at the end).
 func (c *Conn) flush() {
 	defer c.s.wg.Done()
 	for {
-		c.mu.Lock()
-		if c.state == stateClosed {
-			c.flushing = false
-			c.mu.Unlock()
+		r, ok := c.takeRound()
+		if !ok {
 			return
 		}
-		batch := c.queue
-		c.queue, c.qBytes = nil, 0
-		sendClose := c.closeReq && !c.closeTaken
-		if sendClose {
-			c.closeTaken = true
+		rest, err := c.writeFast(r.buf)
+		if err == nil && len(rest) > 0 {
+			err = c.writeBlocking(rest)
 		}
-		code, text := c.closeCode, c.closeText
-		pong, pongData := c.pongWanted, c.pongData
-		c.pongWanted, c.pongData = false, ""
-		if batch == nil && c.out == nil && !sendClose && !pong {
-			c.flushing = false
-			c.mu.Unlock()
-			return
-		}
-		c.mu.Unlock()
+		c.endRound(r, err)
+	}
+}
 
-		if pong { // control frames may go ahead of queued data
-			_ = c.ws.WriteControl(websocket.PongMessage, []byte(pongData), time.Now().Add(c.s.cfg.WriteTimeout))
-		}
-		if batch != nil {
-			c.s.met.messages.Add(float64(len(*batch)))
-			for _, m := range *batch {
-				// Errors come from a closed conn or a close already sent; the
-				// socket write below (or shutdown) reports what matters.
-				_ = c.ws.WritePreparedMessage(m.pm)
-			}
-			c.s.pools.putQueue(batch)
-		}
-		if sendClose {
-			_ = c.ws.WriteControl(websocket.CloseMessage, closePayload(code, text), time.Now().Add(c.s.cfg.WriteTimeout))
-		}
+// finishBlocked completes a round whose write found the socket's buffer full, then
+// goes on flushing (the wg count of the turn carries over to flush).
+func (c *Conn) finishBlocked(r round, rest []byte) {
+	c.endRound(r, c.writeBlocking(rest))
+	c.flush()
+}
 
-		c.mu.Lock()
-		out := c.out
-		c.out = nil
+// morePending reports whether c has something to write; when not, the flush ends
+// (flushing is cleared) in the same critical section, so a later Send kicks again.
+func (c *Conn) morePending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateClosed && (c.queue != nil || c.out != nil || c.pongWanted || (c.closeReq && !c.closeTaken)) {
+		return true
+	}
+	c.flushing = false
+	return false
+}
+
+// takeRound takes everything queued and the control frames written meanwhile and
+// builds the round's bytes: control frames first, in order, then the data frames
+// (already framed by NewMessage: gorilla is not involved, so no shared lock is taken
+// per receiver), then the close frame when one is due. A round with one data message
+// and nothing else writes the message's bytes as they are, without a copy. It
+// reports false, clearing flushing, when there is nothing to write or the
+// connection is closed.
+func (c *Conn) takeRound() (round, bool) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.flushing = false
 		c.mu.Unlock()
-		if out != nil {
-			_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
-			n, err := c.nc.Write(*out)
-			c.s.pools.putOut(out)
-			c.s.met.socketWrites.Inc()
-			c.s.met.writeBytes.Add(float64(n))
-			if err != nil {
-				c.s.met.writeErrors.Inc()
-				c.s.log.Debug("wsio: write failed", "conn", c.id, "remote", c.nc.RemoteAddr(), "err", err)
-				c.shutdown(err)
-				continue
-			}
+		return round{}, false
+	}
+	batch := c.queue
+	c.queue, c.qBytes = nil, 0
+	sendClose := c.closeReq && !c.closeTaken
+	if sendClose {
+		c.closeTaken = true
+	}
+	code, text := c.closeCode, c.closeText
+	pong, pongData := c.pongWanted, c.pongData
+	c.pongWanted, c.pongData = false, ""
+	// Once a close frame is among the control frames (gorilla may write one
+	// itself), data must not follow it.
+	out := c.out
+	c.out = nil
+	afterClose := c.closeFramed
+	if batch == nil && out == nil && !sendClose && !pong {
+		c.flushing = false
+		c.mu.Unlock()
+		return round{}, false
+	}
+	c.mu.Unlock()
+
+	r := round{batch: batch, sendClose: sendClose}
+	if pong && !afterClose { // control frames may go ahead of queued data
+		if out == nil {
+			out = c.s.pools.getOut()
 		}
-		if sendClose {
-			c.closeWritten()
+		*out = appendControlFrame(*out, opPong, pongData)
+	}
+	if batch != nil {
+		msgs := *batch
+		if afterClose {
+			msgs = nil
+		}
+		c.s.met.messages.Add(float64(len(msgs)))
+		if len(msgs) == 1 && out == nil && !sendClose {
+			r.buf = msgs[0].frame
+		} else if len(msgs) > 0 {
+			if out == nil {
+				out = c.s.pools.getOut()
+			}
+			for _, m := range msgs {
+				*out = append(*out, m.frame...)
+			}
 		}
 	}
+	if sendClose {
+		// Through gorilla, so that it writes nothing after it (connIO.Write
+		// appends the frame to c.out).
+		_ = c.ws.WriteControl(websocket.CloseMessage, closePayload(code, text), time.Now().Add(c.s.cfg.WriteTimeout))
+		c.mu.Lock()
+		if c.out != nil {
+			if out == nil {
+				out, c.out = c.out, nil
+			} else {
+				*out = append(*out, *c.out...)
+				c.s.pools.putOut(c.out)
+				c.out = nil
+			}
+		}
+		c.mu.Unlock()
+	}
+	if out != nil {
+		r.buf = *out
+	}
+	r.out = out
+	return r, true
+}
+
+// endRound accounts for a written round, releases its buffers and moves the
+// connection on: shutdown after a write error, closeWritten after our close frame.
+func (c *Conn) endRound(r round, err error) {
+	if len(r.buf) > 0 {
+		c.s.met.socketWrites.Inc()
+		c.s.met.writeBytes.Add(float64(len(r.buf)))
+	}
+	// The batch's messages are not referenced any more (buf may point into one).
+	if r.batch != nil {
+		c.s.pools.putQueue(r.batch)
+	}
+	if r.out != nil {
+		c.s.pools.putOut(r.out)
+	}
+	if err != nil {
+		c.s.met.writeErrors.Inc()
+		c.s.log.Debug("wsio: write failed", "conn", c.id, "remote", c.nc.RemoteAddr(), "err", err)
+		c.shutdown(err)
+		return
+	}
+	if r.sendClose {
+		c.closeWritten()
+	}
+}
+
+// writeFast writes b with one non-blocking write where the socket exposes its
+// descriptor, which is all a write to a socket with buffer space takes, so the
+// common case arms no deadline (a runtime timer per write otherwise). It returns
+// what is left to write: all of b where raw writes are not available, the tail when
+// the socket's buffer is full.
+func (c *Conn) writeFast(b []byte) ([]byte, error) {
+	if c.rc == nil || len(b) == 0 {
+		return b, nil
+	}
+	n, err := rawWrite(c.rc, b)
+	switch {
+	case err == nil && n == len(b):
+		return nil, nil
+	case err != nil && !errors.Is(err, errWouldBlock):
+		return nil, err
+	}
+	return b[n:], nil
+}
+
+// writeBlocking writes b completely, waiting at most WriteTimeout.
+func (c *Conn) writeBlocking(b []byte) error {
+	if c.rc != nil {
+		c.s.met.blockedWrites.Inc()
+	}
+	if err := c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout)); err != nil {
+		return err
+	}
+	_, err := c.nc.Write(b)
+	if err == nil && c.rc != nil {
+		// A deadline left in the past would fail the next raw write.
+		err = c.nc.SetWriteDeadline(time.Time{})
+	}
+	return err
+}
+
+// errWouldBlock reports that a non-blocking write found the socket's buffer full (or
+// that raw writes are not available on this platform).
+var errWouldBlock = errors.New("wsio: write would block")
+
+// appendControlFrame appends an unmasked control frame (payload at most 125 bytes).
+func appendControlFrame(b []byte, op byte, payload string) []byte {
+	b = append(b, 0x80|op, byte(len(payload)))
+	return append(b, payload...)
 }
 
 // closeWritten runs once our close frame is on the socket.
@@ -415,7 +590,7 @@ func (c *Conn) writeControl(typ int, payload []byte) error {
 // that pings without reading cannot grow the outgoing buffer.
 func (c *Conn) writePong(payload string) {
 	c.mu.Lock()
-	if c.state != stateClosed && !c.closeTaken {
+	if c.state != stateClosed && !c.closeTaken && !c.closeFramed {
 		c.pongWanted, c.pongData = true, payload
 		c.kickLocked()
 	}

@@ -43,14 +43,25 @@
 //
 // Each socket has exactly one writer. Send appends to a bounded queue (messages and
 // bytes) and, when no flush is running, starts a flush goroutine that exits once the
-// queue is drained: there is no idle writer goroutine. A flush takes everything
-// queued, has gorilla frame it (WritePreparedMessage) into connIO, whose Write
-// appends to a pooled batch buffer, and writes the batch with one socket write under
-// WriteTimeout. Control frames written meanwhile (pongs, pings, close frames, also
-// those gorilla writes itself) join the batch in order. Pings that arrive before the
-// flusher runs are answered by one pong with the latest payload (RFC 6455 allows it),
-// so a peer that pings without reading cannot grow the buffer. A write error closes
-// the connection.
+// queue is drained: there is no idle writer goroutine. A Message is framed once by
+// NewMessage (header and payload, unmasked), so a flush takes everything queued and
+// appends the frames to a pooled batch buffer without gorilla and without any lock
+// shared between receivers of a fan-out; a round that holds a single message
+// writes that message's bytes as they are. Control frames written meanwhile (pings,
+// and close frames, through gorilla's WriteControl into connIO, whose Write appends
+// to the connection's buffer) go first, in order; our close frame goes last, through
+// gorilla too, so that gorilla writes nothing after it, and no data follows a close
+// frame gorilla wrote itself. Pings that arrive before the flusher runs are answered
+// by one pong with the latest payload (RFC 6455 allows it), so a peer that pings
+// without reading cannot grow the buffer.
+//
+// Where the socket exposes its descriptor (both modes, unless TLS is terminated
+// in-process), a batch is first written with one non-blocking write(2): with room
+// in the socket buffer that is the whole cost, with no deadline to arm (a runtime
+// timer per write otherwise). Only when the buffer is full does the flusher fall back
+// to a blocking write under WriteTimeout (counted in
+// roomcast_wsio_blocked_writes_total) and clear the deadline afterwards. A write
+// error closes the connection.
 //
 // # Closing
 //

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -154,6 +155,54 @@ func (p *poller) ctl(c *Conn, op int) error {
 		return os.NewSyscallError("epoll_ctl", cerr)
 	}
 	return nil
+}
+
+// rawWrite makes one non-blocking write of b to the socket behind rc. It returns
+// errWouldBlock, with the count written so far, when the socket's buffer is full.
+func rawWrite(rc syscall.RawConn, b []byte) (int, error) {
+	w, _ := rawWriters.Get().(*rawWriter)
+	if w == nil {
+		w = &rawWriter{}
+		w.fn = w.write
+	}
+	w.b = b
+	err := rc.Write(w.fn)
+	n, werr := w.n, w.err
+	*w = rawWriter{fn: w.fn}
+	rawWriters.Put(w)
+	switch {
+	case err != nil:
+		return 0, err
+	case werr == unix.EAGAIN:
+		return 0, errWouldBlock
+	case werr != nil:
+		return 0, os.NewSyscallError("write", werr)
+	case n < len(b):
+		return n, errWouldBlock
+	}
+	return n, nil
+}
+
+// rawWriter carries one raw write's arguments and results, so that the function
+// given to RawConn.Write is bound once per pooled rawWriter instead of a closure
+// allocated per write.
+type rawWriter struct {
+	b   []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
+}
+
+// rawWriters pools rawWriters; immutable after init, like a constant.
+var rawWriters sync.Pool
+
+func (w *rawWriter) write(fd uintptr) bool {
+	for {
+		w.n, w.err = unix.Write(int(fd), w.b)
+		if w.err != unix.EINTR {
+			return true
+		}
+	}
 }
 
 func (p *poller) add(c *Conn) error { return p.ctl(c, unix.EPOLL_CTL_ADD) }

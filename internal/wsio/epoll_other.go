@@ -2,7 +2,10 @@
 
 package wsio
 
-import "errors"
+import (
+	"errors"
+	"syscall"
+)
 
 const epollSupported = false
 
@@ -16,3 +19,6 @@ func newPoller(*Server) (*poller, error) {
 func (*poller) close()          {}
 func (*poller) add(*Conn) error { return errors.New("wsio: epoll mode is only available on linux") }
 func (*poller) remove(*Conn)    {}
+
+// rawWrite is not available off Linux: writes always take the blocking path.
+func rawWrite(syscall.RawConn, []byte) (int, error) { return 0, errWouldBlock }

@@ -13,7 +13,10 @@ type metrics struct {
 	writeBytes   prometheus.Counter
 	messages     prometheus.Counter
 	writeErrors  prometheus.Counter
-	violations   *prometheus.CounterVec
+	// blockedWrites counts writes that found the socket's buffer full and had to
+	// wait under WriteTimeout: a sign of slow consumers.
+	blockedWrites prometheus.Counter
+	violations    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -34,6 +37,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "roomcast_wsio_write_errors_total",
 			Help: "Socket writes that failed or timed out, closing their connection.",
 		}),
+		blockedWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roomcast_wsio_blocked_writes_total",
+			Help: "Socket writes that found the socket buffer full and waited (at most the write timeout) for the peer to read.",
+		}),
 		violations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roomcast_wsio_violations_total",
 			Help: "Connections the transport closed for a peer's violation, by close code.",
@@ -42,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.socketWrites, m.writeBytes, m.messages, m.writeErrors, m.violations} {
+	for _, c := range []prometheus.Collector{m.socketWrites, m.writeBytes, m.messages, m.writeErrors, m.blockedWrites, m.violations} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

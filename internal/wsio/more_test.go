@@ -1,6 +1,7 @@
 package wsio
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -109,6 +110,68 @@ func TestWriteTimeout(t *testing.T) {
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
 			t.Fatalf("OnClose err = %v, want a timeout", err)
+		}
+	})
+}
+
+// TestWriteResumesAfterFullSocket fills the socket until a write has to wait, then
+// reads: every message must arrive whole and in order, and writes must keep working
+// after WriteTimeout has passed (the wait's deadline must not outlive it).
+func TestWriteResumesAfterFullSocket(t *testing.T) {
+	forModes(t, func(t *testing.T, mode Mode) {
+		const writeTimeout = 2 * time.Second
+		rec := newRecorder(false)
+		// The default queue bound (1 MiB) keeps each batch small enough to be
+		// read well within WriteTimeout.
+		ts := newTestServer(t, Config{Mode: mode, WriteTimeout: writeTimeout}, func() Handler { return rec })
+		ws, c := ts.dial(t)
+		payload := make([]byte, 16<<10)
+		send := func(seq uint32) error {
+			binary.BigEndian.PutUint32(payload, seq)
+			m, err := NewMessage(true, payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c.Send(m)
+		}
+		var sent uint32
+		deadline := time.Now().Add(failBound)
+		for counterValue(t, ts.s.met.blockedWrites) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the socket never filled up")
+			}
+			switch err := send(sent); {
+			case err == nil:
+				sent++
+			case errors.Is(err, ErrQueueFull):
+				runtime.Gosched() // the flusher is behind: let it run into the full socket
+			default:
+				t.Fatalf("send %d: %v", sent, err)
+			}
+		}
+		read := func(want uint32) {
+			t.Helper()
+			_ = ws.SetReadDeadline(time.Now().Add(failBound))
+			_, got, err := ws.ReadMessage()
+			if err != nil {
+				t.Fatalf("read %d: %v", want, err)
+			}
+			if len(got) != len(payload) || binary.BigEndian.Uint32(got) != want {
+				t.Fatalf("message %d: %d bytes, seq %d", want, len(got), binary.BigEndian.Uint32(got))
+			}
+		}
+		for i := range sent {
+			read(i)
+		}
+		// Not synchronisation: the deadline of the blocked write must lie in the
+		// past before the next write, which must still succeed.
+		<-time.After(writeTimeout + 200*time.Millisecond)
+		if err := send(sent); err != nil {
+			t.Fatal(err)
+		}
+		read(sent)
+		if c.isClosed() {
+			t.Fatal("connection closed")
 		}
 	})
 }

@@ -47,6 +47,10 @@ func (n *connIO) Write(p []byte) (int, error) {
 		c.out = c.s.pools.getOut()
 	}
 	*c.out = append(*c.out, p...)
+	if len(p) > 0 && p[0]&0x0f == opClose {
+		// gorilla writes each control frame whole, in one Write: no data may follow.
+		c.closeFramed = true
+	}
 	c.kickLocked()
 	c.mu.Unlock()
 	return len(p), nil

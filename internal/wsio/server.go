@@ -34,7 +34,16 @@ type Server struct {
 
 	pmu      sync.Mutex
 	partials map[*Conn]struct{} // epoll conns with a partial frame or message pending
+
+	// flushq hands connections with something to write to the flush workers; fwg
+	// counts the workers, which end when Close closes flushq after wg is done.
+	flushq chan *Conn
+	fwg    sync.WaitGroup
 }
+
+// flushQueueLen bounds the flush workers' queue: a fan-out to a room this large
+// needs no goroutine per connection.
+const flushQueueLen = 8192
 
 // NewServer validates cfg, fills defaults and, in epoll mode, starts the poller, the
 // read workers and the partial-input sweeper.
@@ -52,12 +61,17 @@ func NewServer(cfg Config) (*Server, error) {
 	if s.met, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
 	}
+	s.flushq = make(chan *Conn, flushQueueLen)
 	if cfg.Mode == ModeEpoll {
 		p, err := newPoller(s)
 		if err != nil {
 			return nil, err
 		}
 		s.poll = p
+	}
+	s.fwg.Add(cfg.FlushWorkers)
+	for range cfg.FlushWorkers {
+		go s.flushWorker()
 	}
 	return s, nil
 }
@@ -110,11 +124,11 @@ func (s *Server) Upgrade(w http.ResponseWriter, r *http.Request, up *websocket.U
 	ws.SetPongHandler(c.onPong)
 	ws.SetCloseHandler(c.onClose)
 	c.lastRead.Store(time.Now().UnixNano())
-	if s.poll != nil {
-		if sc, ok := c.nc.(syscall.Conn); ok {
-			if rc, err := sc.SyscallConn(); err == nil {
-				c.rc, c.epoll = rc, true
-			}
+	// The descriptor serves non-blocking writes in both modes, and reads in epoll
+	// mode.
+	if sc, ok := c.nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rc, c.epoll = rc, s.poll != nil
 		}
 	}
 	if !c.epoll {
@@ -159,6 +173,9 @@ func (s *Server) Close() error {
 		c.CloseNow(websocket.CloseGoingAway, "server shutting down")
 	}
 	s.wg.Wait()
+	// Every connection is closed and every flush has ended: nothing kicks any more.
+	close(s.flushq)
+	s.fwg.Wait()
 	if s.poll != nil {
 		s.poll.close()
 	}
