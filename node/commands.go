@@ -360,7 +360,7 @@ func (c *conn) cmdHistory(ctx context.Context, h *pb.HistoryCommand) (*pb.Server
 	}
 	res := &pb.HistoryResult{Position: positionToPB(hist.Pos), Messages: make([]*pb.RoomMessage, 0, len(hist.Messages))}
 	for _, m := range hist.Messages {
-		res.Messages = append(res.Messages, roomMessageToPB(m))
+		res.Messages = append(res.Messages, replyMessageToPB(m))
 	}
 	return &pb.ServerMessage{Body: &pb.ServerMessage_History{History: res}}, nil
 }

@@ -2,8 +2,11 @@ package node
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"math/bits"
 	"strconv"
 	"unicode/utf8"
@@ -124,14 +127,102 @@ func joinResultToPB(room string, r fabric.JoinResult) *pb.JoinResult {
 		Recovered:   r.Recovered,
 	}
 	for _, m := range r.Missed {
-		out.Messages = append(out.Messages, roomMessageToPB(m))
+		out.Messages = append(out.Messages, replyMessageToPB(m))
 	}
 	return out
+}
+
+// replyMessageToPB converts a room message for a reply or generic push (a join's
+// recovered messages, a history read). Unlike roomMessageToPB it keeps a JSON payload
+// verbatim, as json_text: marshalServerMessage turns it into the wire's json Value,
+// splicing the publisher's bytes into JSON frames as appendRoomMessageJSON does for
+// live pushes. Re-encoding through a Value would sort the payload's keys, change its
+// whitespace and round its integers beyond 2^53, so recovered messages would differ
+// from the same messages received live.
+func replyMessageToPB(m *fabric.Message) *pb.RoomMessage {
+	out := roomMessageToPB(m)
+	if !m.Payload.Binary && len(m.Payload.Data) > 0 {
+		out.Payload = &pb.Payload{Kind: &pb.Payload_JsonText{JsonText: string(m.Payload.Data)}}
+	}
+	return out
+}
+
+// verbatimPayloads returns the json_text payloads of the room messages a server
+// message carries (see replyMessageToPB), in no particular order.
+func verbatimPayloads(m *pb.ServerMessage) []*pb.Payload {
+	var out []*pb.Payload
+	add := func(msgs []*pb.RoomMessage) {
+		for _, rm := range msgs {
+			if p := rm.GetPayload(); p != nil {
+				if _, ok := p.GetKind().(*pb.Payload_JsonText); ok {
+					out = append(out, p)
+				}
+			}
+		}
+	}
+	add(m.GetJoin().GetMessages())
+	add(m.GetHistory().GetMessages())
+	add(m.GetJoined().GetJoin().GetMessages())
+	for _, jr := range m.GetConnect().GetRooms() {
+		add(jr.GetMessages())
+	}
+	return out
+}
+
+// marshalWithVerbatimPayloads encodes m, whose room messages carry json_text
+// payloads, as the clients expect it: each such payload becomes a json Value, parsed
+// for protobuf frames, and for JSON frames the verbatim text, put in place of a
+// unique placeholder string after protojson has encoded the rest. m is not modified
+// (generic pushes are shared between connections).
+func marshalWithVerbatimPayloads(m *pb.ServerMessage, binary bool) ([]byte, error) {
+	m = proto.Clone(m).(*pb.ServerMessage)
+	payloads := verbatimPayloads(m)
+	if binary {
+		for _, p := range payloads {
+			p.Kind = &pb.Payload_Json{Json: jsonToValue([]byte(p.GetJsonText()))}
+		}
+		return proto.Marshal(m)
+	}
+	var nonce [16]byte
+	_, _ = rand.Read(nonce[:])
+	// The placeholder holds 128 random bits: no string of the frame can equal it by
+	// chance, and protojson writes it unescaped.
+	prefix := "roomcast-verbatim-" + hex.EncodeToString(nonce[:]) + "-"
+	texts := make([]string, len(payloads))
+	for i, p := range payloads {
+		texts[i] = p.GetJsonText()
+		p.Kind = &pb.Payload_Json{Json: structpb.NewStringValue(prefix + strconv.Itoa(i))}
+	}
+	data, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	quoted := []byte(`"` + prefix)
+	out := make([]byte, 0, len(data)+len(data)/2)
+	for {
+		i := bytes.Index(data, quoted)
+		if i < 0 {
+			break
+		}
+		rest := data[i+len(quoted):]
+		end := bytes.IndexByte(rest, '"')
+		k, err := strconv.Atoi(string(rest[:max(end, 0)]))
+		if end < 0 || err != nil || k < 0 || k >= len(texts) {
+			return nil, errors.New("node: verbatim payload placeholder mangled")
+		}
+		out = append(out, data[:i]...)
+		out = append(out, texts[k]...)
+		data = rest[end+1:]
+	}
+	return append(out, data...), nil
 }
 
 // marshalServerMessage encodes a reply or push for one subprotocol. It is the generic
 // (slow) path; room messages take appendRoomMessageJSON or marshalRoomMessageProto.
 func marshalServerMessage(m *pb.ServerMessage, binary bool) ([]byte, error) {
+	if len(verbatimPayloads(m)) > 0 {
+		return marshalWithVerbatimPayloads(m, binary)
+	}
 	if binary {
 		return proto.Marshal(m)
 	}

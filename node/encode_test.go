@@ -1,6 +1,7 @@
 package node
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -115,5 +116,67 @@ func BenchmarkRoomMessageJSON(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		buf = appendRoomMessageJSON(buf[:0], m)
+	}
+}
+
+// TestReplyPayloadsVerbatim checks that room messages in replies and generic pushes
+// (a join's recovered messages, a history read, a server join, the connect's rooms)
+// reach JSON clients with the publisher's bytes, as live pushes do, and protobuf
+// clients as json Values; the message itself is left as it was (pushes are shared).
+func TestReplyPayloadsVerbatim(t *testing.T) {
+	raw := []string{`{"z": 1, "a": [1, 2.50], "big": 12345678901234567891}`, `"s"`, `[ ]`}
+	var msgs []*fabric.Message
+	for i, r := range raw {
+		msgs = append(msgs, &fabric.Message{Room: "chat:r", Pos: fabric.Position{Epoch: "e", Offset: uint64(i + 1)}, Payload: fabric.Payload{Data: []byte(r)}})
+	}
+	msgs = append(msgs, &fabric.Message{Room: "chat:r", Pos: fabric.Position{Epoch: "e", Offset: 4}, Payload: fabric.Payload{Data: []byte{1, 2}, Binary: true}})
+	jr := joinResultToPB("chat:r", fabric.JoinResult{Pos: fabric.Position{Epoch: "e", Offset: 4}, Recoverable: true, Recovered: true, Missed: msgs})
+	hist := &pb.HistoryResult{}
+	for _, m := range msgs {
+		hist.Messages = append(hist.Messages, replyMessageToPB(m))
+	}
+	cases := map[string]*pb.ServerMessage{
+		"join":    {Id: 7, Body: &pb.ServerMessage_Join{Join: jr}},
+		"history": {Id: 8, Body: &pb.ServerMessage_History{History: hist}},
+		"joined":  {Body: &pb.ServerMessage_Joined{Joined: &pb.Joined{Join: jr}}},
+		"connect": {Id: 1, Body: &pb.ServerMessage_Connect{Connect: &pb.ConnectResult{Rooms: []*pb.JoinResult{jr, jr}}}},
+	}
+	for name, m := range cases {
+		t.Run(name, func(t *testing.T) {
+			before := proto.Clone(m)
+			data, err := marshalServerMessage(m, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range raw {
+				if !strings.Contains(string(data), `{"json":`+r+`}`) {
+					t.Errorf("JSON frame %s lacks payload %s verbatim", data, r)
+				}
+			}
+			if strings.Contains(string(data), "roomcast-verbatim-") {
+				t.Errorf("placeholder left in %s", data)
+			}
+			var fromJSON, fromProto pb.ServerMessage
+			if err := protojson.Unmarshal(data, &fromJSON); err != nil {
+				t.Fatalf("JSON frame %s does not parse: %v", data, err)
+			}
+			bin, err := marshalServerMessage(m, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := proto.Unmarshal(bin, &fromProto); err != nil {
+				t.Fatal(err)
+			}
+			// Both subprotocols decode to the same message, payloads as json Values.
+			if !proto.Equal(&fromJSON, &fromProto) {
+				t.Errorf("JSON frame decodes to %v\nprotobuf frame to %v", &fromJSON, &fromProto)
+			}
+			if n := len(verbatimPayloads(&fromProto)); n != 0 {
+				t.Errorf("protobuf frame carries %d json_text payloads", n)
+			}
+			if !proto.Equal(m, before) {
+				t.Error("marshalling modified the message")
+			}
+		})
 	}
 }
