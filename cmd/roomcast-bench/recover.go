@@ -37,7 +37,8 @@ type recoveryResult struct {
 	Lost          int64 `json:"lost"`             // acknowledged, never received, no recovered=false
 	Announced     int64 `json:"missed_announced"` // missed in rooms told recovered=false
 	Duplicates    int64 `json:"duplicates"`
-	Extra         int64 `json:"extra"` // received although their publish failed
+	Extra         int64 `json:"extra"`  // received although their publish failed
+	Unread        int64 `json:"unread"` // received with a payload other than the one published
 	// LostOnKilled is the part of Lost in subscriptions of the killed node's clients.
 	LostOnKilled int64 `json:"lost_on_killed_node_clients"`
 	// Ended counts subscriptions that ended (a re-join failed); EndErr is one reason.
@@ -406,7 +407,7 @@ func (r *runner) recover(ctx context.Context) ([]stepResult, error) {
 		Timeout:        c.RecTimeout.String(),
 		ReconnectP50ms: ms(rh, 50), ReconnectP99ms: ms(rh, 99), ReconnectMaxMs: ms(rh, 100),
 		RecoverP50ms: ms(dh, 50), RecoverP99ms: ms(dh, 99), RecoverMaxMs: ms(dh, 100),
-		PublishFailed: failed, Lost: last.Lost, Announced: last.Announced, Duplicates: last.Dups, Extra: last.Extra,
+		PublishFailed: failed, Lost: last.Lost, Announced: last.Announced, Duplicates: last.Dups, Extra: last.Extra, Unread: last.Unread,
 		LostOnKilled: last.LostMarked, Ended: last.Ended, EndErr: last.EndErr,
 	}
 	res.Note = recoveryNote(*res.Recovery)
@@ -424,7 +425,7 @@ func (r *runner) recover(ctx context.Context) ([]stepResult, error) {
 
 // recoveryNote summarises a recovery in one line for the table's notes.
 func recoveryNote(x recoveryResult) string {
-	return fmt.Sprintf("latency columns = kill → every room re-joined; %d of %d clients of %s reconnected (p50 %.0f ms, p99 %.0f ms, max %.0f ms) and %d re-joined all rooms within %s; re-joins recovered=true %d, recovered=false %d; publishes failed %d; lost %d (%d on the killed node's clients), missed under recovered=false %d, duplicates %d, delivered despite a failed publish %d; subscriptions ended %d %s",
+	return fmt.Sprintf("latency columns = kill → every room re-joined; %d of %d clients of %s reconnected (p50 %.0f ms, p99 %.0f ms, max %.0f ms) and %d re-joined all rooms within %s; re-joins recovered=true %d, recovered=false %d; publishes failed %d; lost %d (%d on the killed node's clients), missed under recovered=false %d, duplicates %d, delivered despite a failed publish %d, payloads altered %d; subscriptions ended %d %s",
 		x.Reconnected, x.Marked, x.Killed, x.ReconnectP50ms, x.ReconnectP99ms, x.ReconnectMaxMs, x.Done, x.Timeout,
-		x.Recovered, x.Gaps, x.PublishFailed, x.Lost, x.LostOnKilled, x.Announced, x.Duplicates, x.Extra, x.Ended, x.EndErr)
+		x.Recovered, x.Gaps, x.PublishFailed, x.Lost, x.LostOnKilled, x.Announced, x.Duplicates, x.Extra, x.Unread, x.Ended, x.EndErr)
 }

@@ -76,6 +76,7 @@ type sdkReport struct {
 	Gaps        int64  `json:"gaps"`        // re-joins with recovered=false (any client)
 	Received    int64  `json:"received"`    // bench messages received (first copies)
 	Dups        int64  `json:"dups"`
+	Unread      int64  `json:"unread"`      // received with a payload that was not the published one
 	Lost        int64  `json:"lost"`        // acknowledged, missing, and no recovered=false said so
 	Announced   int64  `json:"announced"`   // missing from rooms that reported recovered=false
 	Extra       int64  `json:"extra"`       // received although the publish was not acknowledged
@@ -145,6 +146,7 @@ type sdkRoomState struct {
 	room      int
 	got       bitset
 	dups      int64
+	unread    int64 // messages whose payload carried no readable stamp
 	rejoinAt  int64 // µs of the last re-join
 	recovered bool  // of the last re-join
 	gap       bool  // some re-join said recovered=false
@@ -309,6 +311,11 @@ func startSDKClient(ctx context.Context, spec sdkSpec, cs sdkClientSpec, log *sl
 			client.WithMessageHandler(func(m *fabric.Message) {
 				s, ok := parseStamp(m.Payload.Data)
 				if !ok {
+					// Counted, never skipped silently: a payload the node altered
+					// would otherwise look like a lost message.
+					sc.mu.Lock()
+					st.unread++
+					sc.mu.Unlock()
 					return
 				}
 				sc.mu.Lock()
@@ -390,6 +397,7 @@ func (s *sdkSet) report(q sdkQuery) *sdkReport {
 			rec.recovered = append(rec.recovered, st.recovered)
 			rep.Received += st.got.count()
 			rep.Dups += st.dups
+			rep.Unread += st.unread
 			if st.gap {
 				rep.Gaps++
 			}
