@@ -62,6 +62,10 @@ type ClusterConfig struct {
 	Timing gossip.Timing
 	// PeerAddr is the listen address of the peer-link gRPC server (default :7947).
 	PeerAddr string
+	// Advertise is the host other nodes reach this node at, for gossip and peer
+	// links. Default: the listen host when it names one; when listening on all
+	// interfaces, the address gossip advertises (the host's private IP).
+	Advertise string
 	// PeerSecrets are the link secrets (see peer.Config.Secrets). Required.
 	PeerSecrets [][]byte
 	// LeaseTTL is the registry lease TTL in seconds (default registry.DefaultTTL).
@@ -89,6 +93,9 @@ type cluster struct {
 	links *peer.Links
 	lis   net.Listener
 	srv   *grpc.Server
+
+	// peerAddr is the peer-link address other nodes dial (see ClusterConfig.Advertise).
+	peerAddr string
 
 	// co is the node's etcd standing: its registration and the shard map bound to it.
 	// Replaced (under coMu) when the node re-registers after being fenced.
@@ -167,7 +174,8 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: peer listener: %w", err)
 	}
-	peerAddr := c.lis.Addr().String()
+	peerAddr := advertised(c.lis.Addr().String(), cfg.Advertise)
+	c.peerAddr = peerAddr
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
 	// The session lives as long as the cluster: registry.New binds its keep-alive to
@@ -193,13 +201,25 @@ func startCluster(m *Mesh, cfg ClusterConfig) (_ *cluster, err error) {
 	}
 	c.ml, err = gossip.New(gossip.Config{
 		Name: m.cfg.Node, Incarnation: cfg.Incarnation, Cluster: cfg.Name,
-		BindAddr: cfg.GossipAddr, BindPort: cfg.GossipPort, Keys: cfg.GossipKeys,
+		BindAddr: cfg.GossipAddr, BindPort: cfg.GossipPort, AdvertiseAddr: cfg.Advertise, Keys: cfg.GossipKeys,
 		Meta:  gossip.Meta{Version: m.cfg.Version, Protocol: peer.ProtocolMax, PeerAddr: peerAddr, ClientAddr: m.cfg.ClientAddr, ControlAddr: m.cfg.ControlAddr, State: "serving"},
 		Seeds: cfg.Seeds, Discover: registry.Discoverer(cfg.Etcd, cfg.Name), RejoinInterval: cfg.RejoinInterval,
 		Timing: cfg.Timing, Logger: m.cfg.Logger, Registerer: m.cfg.Registerer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	if host, _, err := net.SplitHostPort(c.peerAddr); err == nil && unspecified(host) {
+		// Listening on all interfaces: other nodes reach us where gossip says we are.
+		if ghost, _, err := net.SplitHostPort(c.ml.Addr()); err == nil {
+			_, port, _ := net.SplitHostPort(c.peerAddr)
+			c.peerAddr = net.JoinHostPort(ghost, port)
+			meta := c.ml.Local().Meta
+			meta.PeerAddr = c.peerAddr
+			if err := c.ml.UpdateMeta(sctx, meta); err != nil {
+				return nil, fmt.Errorf("mesh: %w", err)
+			}
+		}
 	}
 	if err := c.registry().Update(sctx, c.regNode()); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)

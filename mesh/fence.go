@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"math"
+	"net"
 	"time"
 
 	"github.com/roomcast/roomcast/mesh/registry"
@@ -93,4 +94,27 @@ func (c *cluster) refence(old *coord) {
 		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
+}
+
+// advertised is the address other nodes should dial for a listener at addr: with an
+// advertise host, that host and the listener's port; else addr itself (an
+// unspecified host is replaced once gossip has chosen its address).
+func advertised(addr, host string) string {
+	if host == "" {
+		return addr
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// unspecified reports whether a listen host means "every interface".
+func unspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
 }

@@ -267,7 +267,7 @@ func (m *Mesh) HandOver(ctx context.Context) error {
 // regNode is this node's registration.
 func (c *cluster) regNode() registry.Node {
 	m := c.m
-	return registry.Node{ID: c.id, GossipAddr: c.ml.Addr(), PeerAddr: c.lis.Addr().String(),
+	return registry.Node{ID: c.id, GossipAddr: c.ml.Addr(), PeerAddr: c.peerAddr,
 		ClientAddr: m.cfg.ClientAddr, ControlAddr: m.cfg.ControlAddr, Version: m.cfg.Version}
 }
 

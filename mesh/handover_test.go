@@ -171,3 +171,23 @@ func TestRoomOnStream(t *testing.T) {
 		}
 	}
 }
+
+// Other nodes dial the advertised host with the listener's port; a listener on every
+// interface is recognised so that gossip's address replaces its host.
+func TestAdvertisedPeerAddress(t *testing.T) {
+	for _, tc := range []struct{ addr, host, want string }{
+		{"[::]:7947", "10.1.2.3", "10.1.2.3:7947"},
+		{"127.0.0.1:7947", "", "127.0.0.1:7947"},
+		{"[::]:7947", "", "[::]:7947"},
+		{"0.0.0.0:7947", "node-a.internal", "node-a.internal:7947"},
+	} {
+		if got := advertised(tc.addr, tc.host); got != tc.want {
+			t.Errorf("advertised(%q, %q) = %q, want %q", tc.addr, tc.host, got, tc.want)
+		}
+	}
+	for host, want := range map[string]bool{"": true, "::": true, "0.0.0.0": true, "127.0.0.1": false, "10.0.0.1": false, "example.com": false} {
+		if got := unspecified(host); got != want {
+			t.Errorf("unspecified(%q) = %v", host, got)
+		}
+	}
+}

@@ -58,6 +58,7 @@ var flagHelp = map[string]string{
 	"cluster_name":           "cluster name: the etcd prefix /roomcast/<name>/ and the gossip label",
 	"gossip_addr":            "gossip (memberlist) listen address, TCP and UDP",
 	"peer_addr":              "peer-link (mesh.v1 gRPC) listen address",
+	"advertise_host":         "host other nodes reach this one at, for gossip and peer links (default: the listen host, or the host's private IP when listening on all interfaces)",
 	"join":                   "static gossip seeds (host:port); nodes also find each other through etcd",
 	"gossip_key":             "shared gossip encryption key (at least 16 characters; hashed to AES-256)",
 	"peer_secret":            "shared secret authenticating peer links (at least 16 characters)",

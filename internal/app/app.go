@@ -540,6 +540,7 @@ func (a *App) clusterConfig() (*mesh.ClusterConfig, error) {
 		GossipKeys:  [][]byte{key[:]},
 		Seeds:       cfg.Join,
 		PeerAddr:    cfg.PeerAddr,
+		Advertise:   cfg.AdvertiseHost,
 		PeerSecrets: [][]byte{[]byte(cfg.PeerSecret)},
 	}, nil
 }

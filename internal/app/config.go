@@ -75,6 +75,7 @@ type Config struct {
 	ClusterName   string   `yaml:"cluster_name"`
 	GossipAddr    string   `yaml:"gossip_addr"`
 	PeerAddr      string   `yaml:"peer_addr"`
+	AdvertiseHost string   `yaml:"advertise_host"`
 	Join          []string `yaml:"join"`
 	GossipKey     string   `yaml:"gossip_key"`
 	PeerSecret    string   `yaml:"peer_secret"`
