@@ -34,19 +34,27 @@
 //
 // Epochs: in cluster mode a room's epoch is its shard's epoch in the shard map (the
 // etcd revision that gave the shard its owner, in decimal). Owner state is tagged with
-// it; state of an older ownership is dropped when the shard comes back, so positions
-// change epoch whenever a shard moves and recovery across a move says
+// it. When a shard moves between live nodes (drain, rebalance) its state moves with
+// it (handover.go): the old owner fences itself and keeps a handoff, which the new
+// owner installs during its rebuild, so offsets continue under the new epoch and each
+// room remembers the earlier epochs of its stream for recovery. When the owner
+// crashed, the new owner starts a new stream and recovery from the old one says
 // Recovered=false. Deliveries and pushes carrying an epoch older than the receiver's
 // map knows for the shard are dropped.
 //
 // Fencing: a node serves a shard only while shardmap.Serving says so (its registry
-// session alive and registration present) and after rebuilding it; losing the session
-// makes every request for its shards NotOwner at once.
+// session alive and registration present), while its lease is surely valid
+// (registry.Valid: the last keep-alive answer plus the TTL, less a margin) and after
+// rebuilding it; otherwise every request for its shards is NotOwner at once. A node
+// whose registration is lost keeps its shards' state as handoffs and registers again
+// (fence.go).
 //
-// Failover: on gossip's verdict that a node failed (after a second opinion: a node
-// that still answers a request on its peer link is not declared dead, because
-// revoking a live node's lease would fence it for good) or left, every node revokes
-// its lease (shardmap.NodeDead; the leader then moves its shards), forgets its link
+// Failover: on gossip's verdict that a node failed, a second opinion: a node that
+// still answers on its peer link is not declared dead; one whose host refuses the
+// connection is, and its lease is revoked (shardmap.NodeDead; the leader then moves
+// its shards); one that does not answer at all (partition) keeps its lease until it
+// runs out, since it may still serve until its own lease validity ends. Every node
+// forgets the failed node's link
 // and drops its connections from the rooms and users it owns, with leave events and
 // member_left pushes. A node given new shards asks every live node for its local
 // members and connections in them (RebuildRequest), installs them without events and
@@ -54,21 +62,20 @@
 // edge implements MemberLister (node.Node does: the node is the source of truth for
 // its connections), else from the mesh's ledger of the joins and leaves the edge made
 // through it; its connections come from the conns half of the user index, which in
-// cluster mode only holds this node's connections. A fenced node (lost session) stays
-// fenced: it must be restarted as a new incarnation.
+// cluster mode only holds this node's connections. When a node (re)appears, every
+// owner pulls its local members of the shards it serves (members_only rebuild), so a
+// healed partition's connections get deliveries again.
 //
 // Events: each event is emitted on the node where it happens and broadcast to every
 // other live node, whose subscribers filter it. Broadcasting only appends to a bounded
 // outbox (never blocking a room); one goroutine sends it in order, batched, to every
-// node. Consumer groups are per node in phase
-// 1: a group with members on several nodes gets each event once per node.
+// node. Consumer groups span the cluster (groups.go): every node knows every node's
+// groups and makes the same hashed choice of the member that gets an event.
 //
-// Phase-1 limits: history and idempotency keys live only at the owner and are lost
-// when a shard moves (recovery then says Recovered=false); a node that lost its link
-// to an owner misses the envelopes queued meanwhile; a join accepted by an old owner
-// that has not yet seen a new map can be missing at the new owner until the member
-// rejoins; a node registered in etcd but refused by gossip (wrong key) is still given
-// shards by the leader.
+// Limits: history and idempotency keys are lost when an owner crashes (recovery then
+// says Recovered=false); a node that lost its link to an owner misses the envelopes
+// queued meanwhile (the SDKs see the offset jump and recover); a join retried after a
+// lost reply is answered from its first registration (JoinRequest.attempt).
 //
 // # Concurrency contract
 //
