@@ -218,27 +218,89 @@ func (s *Server) PublishStream(stream grpc.BidiStreamingServer[pb.PublishStreamR
 			}
 			return finish(r.err)
 		}
-		ack := &pb.PublishStreamResponse{RequestId: r.req.GetRequestId()}
-		pub, err := publication(r.req.GetRoom(), r.req.GetPayload(), r.req.GetIdempotencyKey())
-		if err == nil {
-			var pos fabric.Position
-			pos, err = s.fabric.Publish(ctx, pub)
-			if err == nil {
-				ack.Position = positionOut(pos)
+		// Take whatever else has arrived already (up to maxStreamBatch): the batch
+		// is published at once — one owner round trip per room — and acknowledged in
+		// request order. A receive error ends the batch and is handled after it.
+		batch := []*pb.PublishStreamRequest{r.req}
+		var pending *received
+	more:
+		for len(batch) < maxStreamBatch {
+			select {
+			case next := <-reqs:
+				if next.err != nil {
+					pending = &next
+					break more
+				}
+				batch = append(batch, next.req)
+			default:
+				break more
 			}
 		}
-		if err != nil {
-			if ctx.Err() != nil {
+		for _, ack := range s.publishAll(ctx, batch) {
+			if ack == nil { // the stream's context ended
 				return finish(s.toStatus(ctx, "PublishStream", ctx.Err()))
 			}
-			ack.Error = s.itemError(ctx, "PublishStream", err)
+			select {
+			case acks <- ack:
+			case <-s.life.Done():
+				return finish(status.Error(codes.Unavailable, "server is shutting down"))
+			}
 		}
-		select {
-		case acks <- ack:
-		case <-s.life.Done():
-			return finish(status.Error(codes.Unavailable, "server is shutting down"))
+		if pending != nil {
+			if pending.err == io.EOF {
+				return finish(nil)
+			}
+			return finish(pending.err)
 		}
 	}
+}
+
+// maxStreamBatch bounds the publishes of one PublishStream taken together.
+const maxStreamBatch = 256
+
+// batchPublisher is implemented by a Fabric that publishes many publications at once,
+// keeping their order per room (mesh.Mesh does).
+type batchPublisher interface {
+	PublishBatch(ctx context.Context, ps []fabric.Publication) ([]fabric.Position, []error)
+}
+
+// publishAll publishes a stream's batch and returns its acks in order; a nil ack
+// means the stream's context ended.
+func (s *Server) publishAll(ctx context.Context, reqs []*pb.PublishStreamRequest) []*pb.PublishStreamResponse {
+	acks := make([]*pb.PublishStreamResponse, len(reqs))
+	pubs := make([]fabric.Publication, 0, len(reqs))
+	at := make([]int, 0, len(reqs)) // index in reqs of each valid publication
+	for i, req := range reqs {
+		acks[i] = &pb.PublishStreamResponse{RequestId: req.GetRequestId()}
+		pub, err := publication(req.GetRoom(), req.GetPayload(), req.GetIdempotencyKey())
+		if err != nil {
+			acks[i].Error = s.itemError(ctx, "PublishStream", err)
+			continue
+		}
+		pubs = append(pubs, pub)
+		at = append(at, i)
+	}
+	var pos []fabric.Position
+	var errs []error
+	if bp, ok := s.fabric.(batchPublisher); ok && len(pubs) > 1 {
+		pos, errs = bp.PublishBatch(ctx, pubs)
+	} else {
+		pos, errs = make([]fabric.Position, len(pubs)), make([]error, len(pubs))
+		for k, p := range pubs {
+			pos[k], errs[k] = s.fabric.Publish(ctx, p)
+		}
+	}
+	for k, i := range at {
+		switch {
+		case errs[k] == nil:
+			acks[i].Position = positionOut(pos[k])
+		case ctx.Err() != nil:
+			acks[i] = nil
+		default:
+			acks[i].Error = s.itemError(ctx, "PublishStream", errs[k])
+		}
+	}
+	return acks
 }
 
 // SendToUser implements roomcast.v1.ControlService.SendToUser.

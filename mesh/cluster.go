@@ -773,6 +773,25 @@ func (c *cluster) serve(env *meshv1.Envelope) *meshv1.Envelope {
 		}
 		pos, err := m.publishLocal(ctx, p, e)
 		return reply(&meshv1.Envelope{Body: &meshv1.Envelope_PublishReply{PublishReply: &meshv1.PublishReply{Position: posToWire(pos)}}}, err)
+	case *meshv1.Envelope_PublishBatch:
+		ps := b.PublishBatch.GetPublishes()
+		if len(ps) == 0 {
+			return errToWire(fabric.Errorf(fabric.CodeBadRequest, "empty publish batch"))
+		}
+		e, no := owned(ps[0].GetRoom())
+		if no != nil {
+			return no
+		}
+		for _, r := range ps[1:] {
+			if r.GetRoom() != ps[0].GetRoom() {
+				return errToWire(fabric.Errorf(fabric.CodeBadRequest, "a publish batch is for one room"))
+			}
+		}
+		res := m.publishBatchLocal(ctx, b.PublishBatch, e)
+		if len(res) == 0 {
+			return reply(nil, errNotOwner)
+		}
+		return &meshv1.Envelope{Body: &meshv1.Envelope_PublishBatchReply{PublishBatchReply: &meshv1.PublishBatchReply{Results: res}}}
 	case *meshv1.Envelope_Join:
 		r := b.Join
 		e, no := owned(r.GetRoom())

@@ -366,6 +366,7 @@ type Envelope struct {
 	//	*Envelope_Presence
 	//	*Envelope_PresenceStats
 	//	*Envelope_History
+	//	*Envelope_PublishBatch
 	//	*Envelope_UserIndex
 	//	*Envelope_UserConnections
 	//	*Envelope_SendToConnection
@@ -388,6 +389,7 @@ type Envelope struct {
 	//	*Envelope_RebuildReply
 	//	*Envelope_NodeStatsReply
 	//	*Envelope_ListRoomsReply
+	//	*Envelope_PublishBatchReply
 	Body          isEnvelope_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -568,6 +570,15 @@ func (x *Envelope) GetHistory() *HistoryRequest {
 	if x != nil {
 		if x, ok := x.Body.(*Envelope_History); ok {
 			return x.History
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetPublishBatch() *PublishBatchRequest {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_PublishBatch); ok {
+			return x.PublishBatch
 		}
 	}
 	return nil
@@ -771,6 +782,15 @@ func (x *Envelope) GetListRoomsReply() *ListRoomsReply {
 	return nil
 }
 
+func (x *Envelope) GetPublishBatchReply() *PublishBatchReply {
+	if x != nil {
+		if x, ok := x.Body.(*Envelope_PublishBatchReply); ok {
+			return x.PublishBatchReply
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Body interface {
 	isEnvelope_Body()
 }
@@ -835,6 +855,12 @@ type Envelope_PresenceStats struct {
 type Envelope_History struct {
 	// Any node → owner: a room's history. Reply: HistoryReply or Error.
 	History *HistoryRequest `protobuf:"bytes,36,opt,name=history,proto3,oneof"`
+}
+
+type Envelope_PublishBatch struct {
+	// Any node → owner: publishes to one room, applied in order under one ownership
+	// check. Reply: PublishBatchReply or Error (nothing applied).
+	PublishBatch *PublishBatchRequest `protobuf:"bytes,37,opt,name=publish_batch,json=publishBatch,proto3,oneof"`
 }
 
 type Envelope_UserIndex struct {
@@ -956,6 +982,11 @@ type Envelope_ListRoomsReply struct {
 	ListRoomsReply *ListRoomsReply `protobuf:"bytes,101,opt,name=list_rooms_reply,json=listRoomsReply,proto3,oneof"`
 }
 
+type Envelope_PublishBatchReply struct {
+	// Reply to PublishBatchRequest.
+	PublishBatchReply *PublishBatchReply `protobuf:"bytes,102,opt,name=publish_batch_reply,json=publishBatchReply,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Body() {}
 
 func (*Envelope_HelloAck) isEnvelope_Body() {}
@@ -979,6 +1010,8 @@ func (*Envelope_Presence) isEnvelope_Body() {}
 func (*Envelope_PresenceStats) isEnvelope_Body() {}
 
 func (*Envelope_History) isEnvelope_Body() {}
+
+func (*Envelope_PublishBatch) isEnvelope_Body() {}
 
 func (*Envelope_UserIndex) isEnvelope_Body() {}
 
@@ -1023,6 +1056,8 @@ func (*Envelope_RebuildReply) isEnvelope_Body() {}
 func (*Envelope_NodeStatsReply) isEnvelope_Body() {}
 
 func (*Envelope_ListRoomsReply) isEnvelope_Body() {}
+
+func (*Envelope_PublishBatchReply) isEnvelope_Body() {}
 
 // Hello opens a link and authenticates the dialer.
 type Hello struct {
@@ -1452,6 +1487,155 @@ func (x *PublishRequest) GetSkipConnection() string {
 	return ""
 }
 
+// PublishBatchRequest carries consecutive publishes of one stream to one room, so
+// that a forwarding node needs one round trip for many of them while their order is
+// kept.
+type PublishBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The publishes, all to the same room, in order.
+	Publishes     []*PublishRequest `protobuf:"bytes,1,rep,name=publishes,proto3" json:"publishes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchRequest) Reset() {
+	*x = PublishBatchRequest{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchRequest) ProtoMessage() {}
+
+func (x *PublishBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchRequest.ProtoReflect.Descriptor instead.
+func (*PublishBatchRequest) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PublishBatchRequest) GetPublishes() []*PublishRequest {
+	if x != nil {
+		return x.Publishes
+	}
+	return nil
+}
+
+// PublishBatchReply answers every publish of a PublishBatchRequest, in order.
+type PublishBatchReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per publish.
+	Results       []*PublishResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchReply) Reset() {
+	*x = PublishBatchReply{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchReply) ProtoMessage() {}
+
+func (x *PublishBatchReply) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchReply.ProtoReflect.Descriptor instead.
+func (*PublishBatchReply) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PublishBatchReply) GetResults() []*PublishResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// PublishResult is the outcome of one publish of a batch.
+type PublishResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message's position, when it was accepted.
+	Position *v1.Position `protobuf:"bytes,1,opt,name=position,proto3" json:"position,omitempty"`
+	// Why it was not, otherwise.
+	Error         *v1.Error `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishResult) Reset() {
+	*x = PublishResult{}
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishResult) ProtoMessage() {}
+
+func (x *PublishResult) ProtoReflect() protoreflect.Message {
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
+func (*PublishResult) Descriptor() ([]byte, []int) {
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PublishResult) GetPosition() *v1.Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *PublishResult) GetError() *v1.Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 // PublishReply acknowledges an accepted publish.
 type PublishReply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1465,7 +1649,7 @@ type PublishReply struct {
 
 func (x *PublishReply) Reset() {
 	*x = PublishReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[11]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1661,7 @@ func (x *PublishReply) String() string {
 func (*PublishReply) ProtoMessage() {}
 
 func (x *PublishReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[11]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1674,7 @@ func (x *PublishReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishReply.ProtoReflect.Descriptor instead.
 func (*PublishReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{11}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PublishReply) GetPosition() *v1.Position {
@@ -1528,7 +1712,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[12]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1724,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[12]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1737,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{12}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JoinRequest) GetRoom() string {
@@ -1599,7 +1783,7 @@ type JoinReply struct {
 
 func (x *JoinReply) Reset() {
 	*x = JoinReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[13]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1795,7 @@ func (x *JoinReply) String() string {
 func (*JoinReply) ProtoMessage() {}
 
 func (x *JoinReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[13]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1808,7 @@ func (x *JoinReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinReply.ProtoReflect.Descriptor instead.
 func (*JoinReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{13}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JoinReply) GetPosition() *v1.Position {
@@ -1661,7 +1845,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[14]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1673,7 +1857,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[14]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1686,7 +1870,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{14}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LeaveRequest) GetRoom() string {
@@ -1717,7 +1901,7 @@ type InterestRequest struct {
 
 func (x *InterestRequest) Reset() {
 	*x = InterestRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[15]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1913,7 @@ func (x *InterestRequest) String() string {
 func (*InterestRequest) ProtoMessage() {}
 
 func (x *InterestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[15]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1926,7 @@ func (x *InterestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterestRequest.ProtoReflect.Descriptor instead.
 func (*InterestRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{15}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InterestRequest) GetRooms() []string {
@@ -1770,7 +1954,7 @@ type PresenceRequest struct {
 
 func (x *PresenceRequest) Reset() {
 	*x = PresenceRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[16]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1966,7 @@ func (x *PresenceRequest) String() string {
 func (*PresenceRequest) ProtoMessage() {}
 
 func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[16]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1979,7 @@ func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRequest.ProtoReflect.Descriptor instead.
 func (*PresenceRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{16}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PresenceRequest) GetRoom() string {
@@ -1816,7 +2000,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[17]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +2012,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[17]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +2025,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{17}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PresenceReply) GetMembers() []*v1.Member {
@@ -1862,7 +2046,7 @@ type PresenceStatsRequest struct {
 
 func (x *PresenceStatsRequest) Reset() {
 	*x = PresenceStatsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[18]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +2058,7 @@ func (x *PresenceStatsRequest) String() string {
 func (*PresenceStatsRequest) ProtoMessage() {}
 
 func (x *PresenceStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[18]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +2071,7 @@ func (x *PresenceStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceStatsRequest.ProtoReflect.Descriptor instead.
 func (*PresenceStatsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{18}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PresenceStatsRequest) GetRoom() string {
@@ -1910,7 +2094,7 @@ type PresenceStatsReply struct {
 
 func (x *PresenceStatsReply) Reset() {
 	*x = PresenceStatsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[19]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2106,7 @@ func (x *PresenceStatsReply) String() string {
 func (*PresenceStatsReply) ProtoMessage() {}
 
 func (x *PresenceStatsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[19]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2119,7 @@ func (x *PresenceStatsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceStatsReply.ProtoReflect.Descriptor instead.
 func (*PresenceStatsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{19}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PresenceStatsReply) GetUsers() uint32 {
@@ -1969,7 +2153,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[20]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2165,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[20]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2178,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{20}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HistoryRequest) GetRoom() string {
@@ -2040,7 +2224,7 @@ type HistoryReply struct {
 
 func (x *HistoryReply) Reset() {
 	*x = HistoryReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[21]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2236,7 @@ func (x *HistoryReply) String() string {
 func (*HistoryReply) ProtoMessage() {}
 
 func (x *HistoryReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[21]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2249,7 @@ func (x *HistoryReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryReply.ProtoReflect.Descriptor instead.
 func (*HistoryReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{21}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HistoryReply) GetMessages() []*v1.RoomMessage {
@@ -2107,7 +2291,7 @@ type UserIndexRequest struct {
 
 func (x *UserIndexRequest) Reset() {
 	*x = UserIndexRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[22]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2119,7 +2303,7 @@ func (x *UserIndexRequest) String() string {
 func (*UserIndexRequest) ProtoMessage() {}
 
 func (x *UserIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[22]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2132,7 +2316,7 @@ func (x *UserIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserIndexRequest.ProtoReflect.Descriptor instead.
 func (*UserIndexRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{22}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UserIndexRequest) GetOp() UserIndexOp {
@@ -2174,7 +2358,7 @@ type UserConnectionsRequest struct {
 
 func (x *UserConnectionsRequest) Reset() {
 	*x = UserConnectionsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[23]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2370,7 @@ func (x *UserConnectionsRequest) String() string {
 func (*UserConnectionsRequest) ProtoMessage() {}
 
 func (x *UserConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[23]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2383,7 @@ func (x *UserConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*UserConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{23}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UserConnectionsRequest) GetUser() string {
@@ -2220,7 +2404,7 @@ type UserConnectionsReply struct {
 
 func (x *UserConnectionsReply) Reset() {
 	*x = UserConnectionsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[24]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2416,7 @@ func (x *UserConnectionsReply) String() string {
 func (*UserConnectionsReply) ProtoMessage() {}
 
 func (x *UserConnectionsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[24]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2429,7 @@ func (x *UserConnectionsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserConnectionsReply.ProtoReflect.Descriptor instead.
 func (*UserConnectionsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{24}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UserConnectionsReply) GetConnections() []string {
@@ -2268,7 +2452,7 @@ type SendToConnectionRequest struct {
 
 func (x *SendToConnectionRequest) Reset() {
 	*x = SendToConnectionRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[25]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2464,7 @@ func (x *SendToConnectionRequest) String() string {
 func (*SendToConnectionRequest) ProtoMessage() {}
 
 func (x *SendToConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[25]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2477,7 @@ func (x *SendToConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendToConnectionRequest.ProtoReflect.Descriptor instead.
 func (*SendToConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{25}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SendToConnectionRequest) GetConnection() string {
@@ -2327,7 +2511,7 @@ type KickConnectionRequest struct {
 
 func (x *KickConnectionRequest) Reset() {
 	*x = KickConnectionRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[26]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2523,7 @@ func (x *KickConnectionRequest) String() string {
 func (*KickConnectionRequest) ProtoMessage() {}
 
 func (x *KickConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[26]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2536,7 @@ func (x *KickConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickConnectionRequest.ProtoReflect.Descriptor instead.
 func (*KickConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{26}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KickConnectionRequest) GetConnection() string {
@@ -2398,7 +2582,7 @@ type MoveConnectionRequest struct {
 
 func (x *MoveConnectionRequest) Reset() {
 	*x = MoveConnectionRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[27]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2594,7 @@ func (x *MoveConnectionRequest) String() string {
 func (*MoveConnectionRequest) ProtoMessage() {}
 
 func (x *MoveConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[27]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2607,7 @@ func (x *MoveConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveConnectionRequest.ProtoReflect.Descriptor instead.
 func (*MoveConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{27}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MoveConnectionRequest) GetConnection() string {
@@ -2465,7 +2649,7 @@ type RebuildRequest struct {
 
 func (x *RebuildRequest) Reset() {
 	*x = RebuildRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[28]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +2661,7 @@ func (x *RebuildRequest) String() string {
 func (*RebuildRequest) ProtoMessage() {}
 
 func (x *RebuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[28]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +2674,7 @@ func (x *RebuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildRequest.ProtoReflect.Descriptor instead.
 func (*RebuildRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{28}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RebuildRequest) GetShards() []uint32 {
@@ -2527,7 +2711,7 @@ type RoomMembers struct {
 
 func (x *RoomMembers) Reset() {
 	*x = RoomMembers{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[29]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2723,7 @@ func (x *RoomMembers) String() string {
 func (*RoomMembers) ProtoMessage() {}
 
 func (x *RoomMembers) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[29]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2736,7 @@ func (x *RoomMembers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomMembers.ProtoReflect.Descriptor instead.
 func (*RoomMembers) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{29}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RoomMembers) GetRoom() string {
@@ -2582,7 +2766,7 @@ type UserConnections struct {
 
 func (x *UserConnections) Reset() {
 	*x = UserConnections{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[30]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2778,7 @@ func (x *UserConnections) String() string {
 func (*UserConnections) ProtoMessage() {}
 
 func (x *UserConnections) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[30]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2791,7 @@ func (x *UserConnections) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserConnections.ProtoReflect.Descriptor instead.
 func (*UserConnections) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{30}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UserConnections) GetUser() string {
@@ -2643,7 +2827,7 @@ type RebuildReply struct {
 
 func (x *RebuildReply) Reset() {
 	*x = RebuildReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[31]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2839,7 @@ func (x *RebuildReply) String() string {
 func (*RebuildReply) ProtoMessage() {}
 
 func (x *RebuildReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[31]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +2852,7 @@ func (x *RebuildReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebuildReply.ProtoReflect.Descriptor instead.
 func (*RebuildReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{31}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RebuildReply) GetRooms() []*RoomMembers {
@@ -2713,7 +2897,7 @@ type ShardHandover struct {
 
 func (x *ShardHandover) Reset() {
 	*x = ShardHandover{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2725,7 +2909,7 @@ func (x *ShardHandover) String() string {
 func (*ShardHandover) ProtoMessage() {}
 
 func (x *ShardHandover) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[32]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2738,7 +2922,7 @@ func (x *ShardHandover) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardHandover.ProtoReflect.Descriptor instead.
 func (*ShardHandover) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{32}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ShardHandover) GetShard() uint32 {
@@ -2790,7 +2974,7 @@ type RoomState struct {
 
 func (x *RoomState) Reset() {
 	*x = RoomState{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2986,7 @@ func (x *RoomState) String() string {
 func (*RoomState) ProtoMessage() {}
 
 func (x *RoomState) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[33]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2999,7 @@ func (x *RoomState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomState.ProtoReflect.Descriptor instead.
 func (*RoomState) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{33}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RoomState) GetRoom() string {
@@ -2866,7 +3050,7 @@ type EpochSpan struct {
 
 func (x *EpochSpan) Reset() {
 	*x = EpochSpan{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2878,7 +3062,7 @@ func (x *EpochSpan) String() string {
 func (*EpochSpan) ProtoMessage() {}
 
 func (x *EpochSpan) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[34]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2891,7 +3075,7 @@ func (x *EpochSpan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpochSpan.ProtoReflect.Descriptor instead.
 func (*EpochSpan) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{34}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *EpochSpan) GetEpoch() string {
@@ -2923,7 +3107,7 @@ type IdempotencyKey struct {
 
 func (x *IdempotencyKey) Reset() {
 	*x = IdempotencyKey{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2935,7 +3119,7 @@ func (x *IdempotencyKey) String() string {
 func (*IdempotencyKey) ProtoMessage() {}
 
 func (x *IdempotencyKey) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[35]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2948,7 +3132,7 @@ func (x *IdempotencyKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyKey.ProtoReflect.Descriptor instead.
 func (*IdempotencyKey) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{35}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *IdempotencyKey) GetKey() string {
@@ -2987,7 +3171,7 @@ type GroupInterest struct {
 
 func (x *GroupInterest) Reset() {
 	*x = GroupInterest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3183,7 @@ func (x *GroupInterest) String() string {
 func (*GroupInterest) ProtoMessage() {}
 
 func (x *GroupInterest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[36]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3196,7 @@ func (x *GroupInterest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupInterest.ProtoReflect.Descriptor instead.
 func (*GroupInterest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{36}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GroupInterest) GetGroups() []*GroupCount {
@@ -3035,7 +3219,7 @@ type GroupCount struct {
 
 func (x *GroupCount) Reset() {
 	*x = GroupCount{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3047,7 +3231,7 @@ func (x *GroupCount) String() string {
 func (*GroupCount) ProtoMessage() {}
 
 func (x *GroupCount) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[37]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3060,7 +3244,7 @@ func (x *GroupCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupCount.ProtoReflect.Descriptor instead.
 func (*GroupCount) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{37}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GroupCount) GetKey() string {
@@ -3091,7 +3275,7 @@ type EventsPush struct {
 
 func (x *EventsPush) Reset() {
 	*x = EventsPush{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3103,7 +3287,7 @@ func (x *EventsPush) String() string {
 func (*EventsPush) ProtoMessage() {}
 
 func (x *EventsPush) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[38]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3116,7 +3300,7 @@ func (x *EventsPush) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsPush.ProtoReflect.Descriptor instead.
 func (*EventsPush) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{38}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *EventsPush) GetEvents() []*v1.Event {
@@ -3142,7 +3326,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3154,7 +3338,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[39]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3167,7 +3351,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{39}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{42}
 }
 
 // NotOwner refuses an operation for a shard the receiver does not own at the given
@@ -3188,7 +3372,7 @@ type NotOwner struct {
 
 func (x *NotOwner) Reset() {
 	*x = NotOwner{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3200,7 +3384,7 @@ func (x *NotOwner) String() string {
 func (*NotOwner) ProtoMessage() {}
 
 func (x *NotOwner) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[40]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3213,7 +3397,7 @@ func (x *NotOwner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotOwner.ProtoReflect.Descriptor instead.
 func (*NotOwner) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{40}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NotOwner) GetShard() uint32 {
@@ -3253,7 +3437,7 @@ type NodeStatsRequest struct {
 
 func (x *NodeStatsRequest) Reset() {
 	*x = NodeStatsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3265,7 +3449,7 @@ func (x *NodeStatsRequest) String() string {
 func (*NodeStatsRequest) ProtoMessage() {}
 
 func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[41]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3278,7 +3462,7 @@ func (x *NodeStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{41}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{44}
 }
 
 // NodeStatsReply describes the receiving node.
@@ -3292,7 +3476,7 @@ type NodeStatsReply struct {
 
 func (x *NodeStatsReply) Reset() {
 	*x = NodeStatsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3304,7 +3488,7 @@ func (x *NodeStatsReply) String() string {
 func (*NodeStatsReply) ProtoMessage() {}
 
 func (x *NodeStatsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[42]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3317,7 +3501,7 @@ func (x *NodeStatsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatsReply.ProtoReflect.Descriptor instead.
 func (*NodeStatsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{42}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NodeStatsReply) GetNode() *v1.NodeInfo {
@@ -3343,7 +3527,7 @@ type ListRoomsRequest struct {
 
 func (x *ListRoomsRequest) Reset() {
 	*x = ListRoomsRequest{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[43]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3355,7 +3539,7 @@ func (x *ListRoomsRequest) String() string {
 func (*ListRoomsRequest) ProtoMessage() {}
 
 func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[43]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3368,7 +3552,7 @@ func (x *ListRoomsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsRequest.ProtoReflect.Descriptor instead.
 func (*ListRoomsRequest) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{43}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListRoomsRequest) GetPrefix() string {
@@ -3405,7 +3589,7 @@ type ListRoomsReply struct {
 
 func (x *ListRoomsReply) Reset() {
 	*x = ListRoomsReply{}
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[44]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3601,7 @@ func (x *ListRoomsReply) String() string {
 func (*ListRoomsReply) ProtoMessage() {}
 
 func (x *ListRoomsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[44]
+	mi := &file_roomcast_mesh_v1_peer_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3614,7 @@ func (x *ListRoomsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoomsReply.ProtoReflect.Descriptor instead.
 func (*ListRoomsReply) Descriptor() ([]byte, []int) {
-	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{44}
+	return file_roomcast_mesh_v1_peer_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListRoomsReply) GetRooms() []*v1.RoomSummary {
@@ -3461,7 +3645,7 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"s\n" +
 	"\x05Batch\x120\n" +
 	"\x06sender\x18\x01 \x01(\v2\x18.roomcast.mesh.v1.SenderR\x06sender\x128\n" +
-	"\tenvelopes\x18\x02 \x03(\v2\x1a.roomcast.mesh.v1.EnvelopeR\tenvelopes\"\xac\x13\n" +
+	"\tenvelopes\x18\x02 \x03(\v2\x1a.roomcast.mesh.v1.EnvelopeR\tenvelopes\"\xd1\x14\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x19\n" +
@@ -3481,7 +3665,8 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\binterest\x18! \x01(\v2!.roomcast.mesh.v1.InterestRequestH\x00R\binterest\x12?\n" +
 	"\bpresence\x18\" \x01(\v2!.roomcast.mesh.v1.PresenceRequestH\x00R\bpresence\x12O\n" +
 	"\x0epresence_stats\x18# \x01(\v2&.roomcast.mesh.v1.PresenceStatsRequestH\x00R\rpresenceStats\x12<\n" +
-	"\ahistory\x18$ \x01(\v2 .roomcast.mesh.v1.HistoryRequestH\x00R\ahistory\x12C\n" +
+	"\ahistory\x18$ \x01(\v2 .roomcast.mesh.v1.HistoryRequestH\x00R\ahistory\x12L\n" +
+	"\rpublish_batch\x18% \x01(\v2%.roomcast.mesh.v1.PublishBatchRequestH\x00R\fpublishBatch\x12C\n" +
 	"\n" +
 	"user_index\x18( \x01(\v2\".roomcast.mesh.v1.UserIndexRequestH\x00R\tuserIndex\x12U\n" +
 	"\x10user_connections\x18) \x01(\v2(.roomcast.mesh.v1.UserConnectionsRequestH\x00R\x0fuserConnections\x12Y\n" +
@@ -3507,7 +3692,8 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\x16user_connections_reply\x18b \x01(\v2&.roomcast.mesh.v1.UserConnectionsReplyH\x00R\x14userConnectionsReply\x12E\n" +
 	"\rrebuild_reply\x18c \x01(\v2\x1e.roomcast.mesh.v1.RebuildReplyH\x00R\frebuildReply\x12L\n" +
 	"\x10node_stats_reply\x18d \x01(\v2 .roomcast.mesh.v1.NodeStatsReplyH\x00R\x0enodeStatsReply\x12L\n" +
-	"\x10list_rooms_reply\x18e \x01(\v2 .roomcast.mesh.v1.ListRoomsReplyH\x00R\x0elistRoomsReplyB\x06\n" +
+	"\x10list_rooms_reply\x18e \x01(\v2 .roomcast.mesh.v1.ListRoomsReplyH\x00R\x0elistRoomsReply\x12U\n" +
+	"\x13publish_batch_reply\x18f \x01(\v2#.roomcast.mesh.v1.PublishBatchReplyH\x00R\x11publishBatchReplyB\x06\n" +
 	"\x04body\"\xea\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
@@ -3536,7 +3722,14 @@ const file_roomcast_mesh_v1_peer_proto_rawDesc = "" +
 	"\apayload\x18\x02 \x01(\v2\x14.roomcast.v1.PayloadR\apayload\x125\n" +
 	"\tpublisher\x18\x03 \x01(\v2\x17.roomcast.v1.ClientInfoR\tpublisher\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12'\n" +
-	"\x0fskip_connection\x18\x05 \x01(\tR\x0eskipConnection\"_\n" +
+	"\x0fskip_connection\x18\x05 \x01(\tR\x0eskipConnection\"U\n" +
+	"\x13PublishBatchRequest\x12>\n" +
+	"\tpublishes\x18\x01 \x03(\v2 .roomcast.mesh.v1.PublishRequestR\tpublishes\"N\n" +
+	"\x11PublishBatchReply\x129\n" +
+	"\aresults\x18\x01 \x03(\v2\x1f.roomcast.mesh.v1.PublishResultR\aresults\"l\n" +
+	"\rPublishResult\x121\n" +
+	"\bposition\x18\x01 \x01(\v2\x15.roomcast.v1.PositionR\bposition\x12(\n" +
+	"\x05error\x18\x02 \x01(\v2\x12.roomcast.v1.ErrorR\x05error\"_\n" +
 	"\fPublishReply\x121\n" +
 	"\bposition\x18\x01 \x01(\v2\x15.roomcast.v1.PositionR\bposition\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\xa6\x01\n" +
@@ -3689,7 +3882,7 @@ func file_roomcast_mesh_v1_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_roomcast_mesh_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_roomcast_mesh_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(MembershipChange)(0),           // 0: roomcast.mesh.v1.MembershipChange
 	(UserIndexOp)(0),                // 1: roomcast.mesh.v1.UserIndexOp
@@ -3704,50 +3897,53 @@ var file_roomcast_mesh_v1_peer_proto_goTypes = []any{
 	(*Deliver)(nil),                 // 10: roomcast.mesh.v1.Deliver
 	(*MembershipPush)(nil),          // 11: roomcast.mesh.v1.MembershipPush
 	(*PublishRequest)(nil),          // 12: roomcast.mesh.v1.PublishRequest
-	(*PublishReply)(nil),            // 13: roomcast.mesh.v1.PublishReply
-	(*JoinRequest)(nil),             // 14: roomcast.mesh.v1.JoinRequest
-	(*JoinReply)(nil),               // 15: roomcast.mesh.v1.JoinReply
-	(*LeaveRequest)(nil),            // 16: roomcast.mesh.v1.LeaveRequest
-	(*InterestRequest)(nil),         // 17: roomcast.mesh.v1.InterestRequest
-	(*PresenceRequest)(nil),         // 18: roomcast.mesh.v1.PresenceRequest
-	(*PresenceReply)(nil),           // 19: roomcast.mesh.v1.PresenceReply
-	(*PresenceStatsRequest)(nil),    // 20: roomcast.mesh.v1.PresenceStatsRequest
-	(*PresenceStatsReply)(nil),      // 21: roomcast.mesh.v1.PresenceStatsReply
-	(*HistoryRequest)(nil),          // 22: roomcast.mesh.v1.HistoryRequest
-	(*HistoryReply)(nil),            // 23: roomcast.mesh.v1.HistoryReply
-	(*UserIndexRequest)(nil),        // 24: roomcast.mesh.v1.UserIndexRequest
-	(*UserConnectionsRequest)(nil),  // 25: roomcast.mesh.v1.UserConnectionsRequest
-	(*UserConnectionsReply)(nil),    // 26: roomcast.mesh.v1.UserConnectionsReply
-	(*SendToConnectionRequest)(nil), // 27: roomcast.mesh.v1.SendToConnectionRequest
-	(*KickConnectionRequest)(nil),   // 28: roomcast.mesh.v1.KickConnectionRequest
-	(*MoveConnectionRequest)(nil),   // 29: roomcast.mesh.v1.MoveConnectionRequest
-	(*RebuildRequest)(nil),          // 30: roomcast.mesh.v1.RebuildRequest
-	(*RoomMembers)(nil),             // 31: roomcast.mesh.v1.RoomMembers
-	(*UserConnections)(nil),         // 32: roomcast.mesh.v1.UserConnections
-	(*RebuildReply)(nil),            // 33: roomcast.mesh.v1.RebuildReply
-	(*ShardHandover)(nil),           // 34: roomcast.mesh.v1.ShardHandover
-	(*RoomState)(nil),               // 35: roomcast.mesh.v1.RoomState
-	(*EpochSpan)(nil),               // 36: roomcast.mesh.v1.EpochSpan
-	(*IdempotencyKey)(nil),          // 37: roomcast.mesh.v1.IdempotencyKey
-	(*GroupInterest)(nil),           // 38: roomcast.mesh.v1.GroupInterest
-	(*GroupCount)(nil),              // 39: roomcast.mesh.v1.GroupCount
-	(*EventsPush)(nil),              // 40: roomcast.mesh.v1.EventsPush
-	(*Ack)(nil),                     // 41: roomcast.mesh.v1.Ack
-	(*NotOwner)(nil),                // 42: roomcast.mesh.v1.NotOwner
-	(*NodeStatsRequest)(nil),        // 43: roomcast.mesh.v1.NodeStatsRequest
-	(*NodeStatsReply)(nil),          // 44: roomcast.mesh.v1.NodeStatsReply
-	(*ListRoomsRequest)(nil),        // 45: roomcast.mesh.v1.ListRoomsRequest
-	(*ListRoomsReply)(nil),          // 46: roomcast.mesh.v1.ListRoomsReply
-	(*v1.Error)(nil),                // 47: roomcast.v1.Error
-	(*v1.RoomMessage)(nil),          // 48: roomcast.v1.RoomMessage
-	(*v1.Member)(nil),               // 49: roomcast.v1.Member
-	(*v1.Position)(nil),             // 50: roomcast.v1.Position
-	(*v1.Payload)(nil),              // 51: roomcast.v1.Payload
-	(*v1.ClientInfo)(nil),           // 52: roomcast.v1.ClientInfo
-	(v1.CloseCode)(0),               // 53: roomcast.v1.CloseCode
-	(*v1.Event)(nil),                // 54: roomcast.v1.Event
-	(*v1.NodeInfo)(nil),             // 55: roomcast.v1.NodeInfo
-	(*v1.RoomSummary)(nil),          // 56: roomcast.v1.RoomSummary
+	(*PublishBatchRequest)(nil),     // 13: roomcast.mesh.v1.PublishBatchRequest
+	(*PublishBatchReply)(nil),       // 14: roomcast.mesh.v1.PublishBatchReply
+	(*PublishResult)(nil),           // 15: roomcast.mesh.v1.PublishResult
+	(*PublishReply)(nil),            // 16: roomcast.mesh.v1.PublishReply
+	(*JoinRequest)(nil),             // 17: roomcast.mesh.v1.JoinRequest
+	(*JoinReply)(nil),               // 18: roomcast.mesh.v1.JoinReply
+	(*LeaveRequest)(nil),            // 19: roomcast.mesh.v1.LeaveRequest
+	(*InterestRequest)(nil),         // 20: roomcast.mesh.v1.InterestRequest
+	(*PresenceRequest)(nil),         // 21: roomcast.mesh.v1.PresenceRequest
+	(*PresenceReply)(nil),           // 22: roomcast.mesh.v1.PresenceReply
+	(*PresenceStatsRequest)(nil),    // 23: roomcast.mesh.v1.PresenceStatsRequest
+	(*PresenceStatsReply)(nil),      // 24: roomcast.mesh.v1.PresenceStatsReply
+	(*HistoryRequest)(nil),          // 25: roomcast.mesh.v1.HistoryRequest
+	(*HistoryReply)(nil),            // 26: roomcast.mesh.v1.HistoryReply
+	(*UserIndexRequest)(nil),        // 27: roomcast.mesh.v1.UserIndexRequest
+	(*UserConnectionsRequest)(nil),  // 28: roomcast.mesh.v1.UserConnectionsRequest
+	(*UserConnectionsReply)(nil),    // 29: roomcast.mesh.v1.UserConnectionsReply
+	(*SendToConnectionRequest)(nil), // 30: roomcast.mesh.v1.SendToConnectionRequest
+	(*KickConnectionRequest)(nil),   // 31: roomcast.mesh.v1.KickConnectionRequest
+	(*MoveConnectionRequest)(nil),   // 32: roomcast.mesh.v1.MoveConnectionRequest
+	(*RebuildRequest)(nil),          // 33: roomcast.mesh.v1.RebuildRequest
+	(*RoomMembers)(nil),             // 34: roomcast.mesh.v1.RoomMembers
+	(*UserConnections)(nil),         // 35: roomcast.mesh.v1.UserConnections
+	(*RebuildReply)(nil),            // 36: roomcast.mesh.v1.RebuildReply
+	(*ShardHandover)(nil),           // 37: roomcast.mesh.v1.ShardHandover
+	(*RoomState)(nil),               // 38: roomcast.mesh.v1.RoomState
+	(*EpochSpan)(nil),               // 39: roomcast.mesh.v1.EpochSpan
+	(*IdempotencyKey)(nil),          // 40: roomcast.mesh.v1.IdempotencyKey
+	(*GroupInterest)(nil),           // 41: roomcast.mesh.v1.GroupInterest
+	(*GroupCount)(nil),              // 42: roomcast.mesh.v1.GroupCount
+	(*EventsPush)(nil),              // 43: roomcast.mesh.v1.EventsPush
+	(*Ack)(nil),                     // 44: roomcast.mesh.v1.Ack
+	(*NotOwner)(nil),                // 45: roomcast.mesh.v1.NotOwner
+	(*NodeStatsRequest)(nil),        // 46: roomcast.mesh.v1.NodeStatsRequest
+	(*NodeStatsReply)(nil),          // 47: roomcast.mesh.v1.NodeStatsReply
+	(*ListRoomsRequest)(nil),        // 48: roomcast.mesh.v1.ListRoomsRequest
+	(*ListRoomsReply)(nil),          // 49: roomcast.mesh.v1.ListRoomsReply
+	(*v1.Error)(nil),                // 50: roomcast.v1.Error
+	(*v1.RoomMessage)(nil),          // 51: roomcast.v1.RoomMessage
+	(*v1.Member)(nil),               // 52: roomcast.v1.Member
+	(*v1.Position)(nil),             // 53: roomcast.v1.Position
+	(*v1.Payload)(nil),              // 54: roomcast.v1.Payload
+	(*v1.ClientInfo)(nil),           // 55: roomcast.v1.ClientInfo
+	(v1.CloseCode)(0),               // 56: roomcast.v1.CloseCode
+	(*v1.Event)(nil),                // 57: roomcast.v1.Event
+	(*v1.NodeInfo)(nil),             // 58: roomcast.v1.NodeInfo
+	(*v1.RoomSummary)(nil),          // 59: roomcast.v1.RoomSummary
 }
 var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	5,  // 0: roomcast.mesh.v1.LinkRequest.batch:type_name -> roomcast.mesh.v1.Batch
@@ -3760,74 +3956,80 @@ var file_roomcast_mesh_v1_peer_proto_depIdxs = []int32{
 	10, // 7: roomcast.mesh.v1.Envelope.deliver:type_name -> roomcast.mesh.v1.Deliver
 	11, // 8: roomcast.mesh.v1.Envelope.membership_push:type_name -> roomcast.mesh.v1.MembershipPush
 	12, // 9: roomcast.mesh.v1.Envelope.publish:type_name -> roomcast.mesh.v1.PublishRequest
-	14, // 10: roomcast.mesh.v1.Envelope.join:type_name -> roomcast.mesh.v1.JoinRequest
-	16, // 11: roomcast.mesh.v1.Envelope.leave:type_name -> roomcast.mesh.v1.LeaveRequest
-	17, // 12: roomcast.mesh.v1.Envelope.interest:type_name -> roomcast.mesh.v1.InterestRequest
-	18, // 13: roomcast.mesh.v1.Envelope.presence:type_name -> roomcast.mesh.v1.PresenceRequest
-	20, // 14: roomcast.mesh.v1.Envelope.presence_stats:type_name -> roomcast.mesh.v1.PresenceStatsRequest
-	22, // 15: roomcast.mesh.v1.Envelope.history:type_name -> roomcast.mesh.v1.HistoryRequest
-	24, // 16: roomcast.mesh.v1.Envelope.user_index:type_name -> roomcast.mesh.v1.UserIndexRequest
-	25, // 17: roomcast.mesh.v1.Envelope.user_connections:type_name -> roomcast.mesh.v1.UserConnectionsRequest
-	27, // 18: roomcast.mesh.v1.Envelope.send_to_connection:type_name -> roomcast.mesh.v1.SendToConnectionRequest
-	28, // 19: roomcast.mesh.v1.Envelope.kick_connection:type_name -> roomcast.mesh.v1.KickConnectionRequest
-	29, // 20: roomcast.mesh.v1.Envelope.move_connection:type_name -> roomcast.mesh.v1.MoveConnectionRequest
-	30, // 21: roomcast.mesh.v1.Envelope.rebuild:type_name -> roomcast.mesh.v1.RebuildRequest
-	40, // 22: roomcast.mesh.v1.Envelope.events:type_name -> roomcast.mesh.v1.EventsPush
-	38, // 23: roomcast.mesh.v1.Envelope.group_interest:type_name -> roomcast.mesh.v1.GroupInterest
-	43, // 24: roomcast.mesh.v1.Envelope.node_stats:type_name -> roomcast.mesh.v1.NodeStatsRequest
-	45, // 25: roomcast.mesh.v1.Envelope.list_rooms:type_name -> roomcast.mesh.v1.ListRoomsRequest
-	41, // 26: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
-	47, // 27: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
-	42, // 28: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
-	13, // 29: roomcast.mesh.v1.Envelope.publish_reply:type_name -> roomcast.mesh.v1.PublishReply
-	15, // 30: roomcast.mesh.v1.Envelope.join_reply:type_name -> roomcast.mesh.v1.JoinReply
-	19, // 31: roomcast.mesh.v1.Envelope.presence_reply:type_name -> roomcast.mesh.v1.PresenceReply
-	21, // 32: roomcast.mesh.v1.Envelope.presence_stats_reply:type_name -> roomcast.mesh.v1.PresenceStatsReply
-	23, // 33: roomcast.mesh.v1.Envelope.history_reply:type_name -> roomcast.mesh.v1.HistoryReply
-	26, // 34: roomcast.mesh.v1.Envelope.user_connections_reply:type_name -> roomcast.mesh.v1.UserConnectionsReply
-	33, // 35: roomcast.mesh.v1.Envelope.rebuild_reply:type_name -> roomcast.mesh.v1.RebuildReply
-	44, // 36: roomcast.mesh.v1.Envelope.node_stats_reply:type_name -> roomcast.mesh.v1.NodeStatsReply
-	46, // 37: roomcast.mesh.v1.Envelope.list_rooms_reply:type_name -> roomcast.mesh.v1.ListRoomsReply
-	4,  // 38: roomcast.mesh.v1.Hello.expected_peer:type_name -> roomcast.mesh.v1.Sender
-	48, // 39: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
-	0,  // 40: roomcast.mesh.v1.MembershipPush.change:type_name -> roomcast.mesh.v1.MembershipChange
-	49, // 41: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
-	50, // 42: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
-	51, // 43: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
-	52, // 44: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
-	50, // 45: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
-	52, // 46: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
-	50, // 47: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
-	50, // 48: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
-	48, // 49: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
-	52, // 50: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
-	49, // 51: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
-	50, // 52: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
-	48, // 53: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
-	50, // 54: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
-	1,  // 55: roomcast.mesh.v1.UserIndexRequest.op:type_name -> roomcast.mesh.v1.UserIndexOp
-	51, // 56: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
-	53, // 57: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
-	49, // 58: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
-	31, // 59: roomcast.mesh.v1.RebuildReply.rooms:type_name -> roomcast.mesh.v1.RoomMembers
-	32, // 60: roomcast.mesh.v1.RebuildReply.users:type_name -> roomcast.mesh.v1.UserConnections
-	34, // 61: roomcast.mesh.v1.RebuildReply.handovers:type_name -> roomcast.mesh.v1.ShardHandover
-	35, // 62: roomcast.mesh.v1.ShardHandover.rooms:type_name -> roomcast.mesh.v1.RoomState
-	48, // 63: roomcast.mesh.v1.RoomState.history:type_name -> roomcast.v1.RoomMessage
-	37, // 64: roomcast.mesh.v1.RoomState.keys:type_name -> roomcast.mesh.v1.IdempotencyKey
-	36, // 65: roomcast.mesh.v1.RoomState.lineage:type_name -> roomcast.mesh.v1.EpochSpan
-	50, // 66: roomcast.mesh.v1.IdempotencyKey.position:type_name -> roomcast.v1.Position
-	39, // 67: roomcast.mesh.v1.GroupInterest.groups:type_name -> roomcast.mesh.v1.GroupCount
-	54, // 68: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
-	55, // 69: roomcast.mesh.v1.NodeStatsReply.node:type_name -> roomcast.v1.NodeInfo
-	56, // 70: roomcast.mesh.v1.ListRoomsReply.rooms:type_name -> roomcast.v1.RoomSummary
-	2,  // 71: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
-	3,  // 72: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
-	72, // [72:73] is the sub-list for method output_type
-	71, // [71:72] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	17, // 10: roomcast.mesh.v1.Envelope.join:type_name -> roomcast.mesh.v1.JoinRequest
+	19, // 11: roomcast.mesh.v1.Envelope.leave:type_name -> roomcast.mesh.v1.LeaveRequest
+	20, // 12: roomcast.mesh.v1.Envelope.interest:type_name -> roomcast.mesh.v1.InterestRequest
+	21, // 13: roomcast.mesh.v1.Envelope.presence:type_name -> roomcast.mesh.v1.PresenceRequest
+	23, // 14: roomcast.mesh.v1.Envelope.presence_stats:type_name -> roomcast.mesh.v1.PresenceStatsRequest
+	25, // 15: roomcast.mesh.v1.Envelope.history:type_name -> roomcast.mesh.v1.HistoryRequest
+	13, // 16: roomcast.mesh.v1.Envelope.publish_batch:type_name -> roomcast.mesh.v1.PublishBatchRequest
+	27, // 17: roomcast.mesh.v1.Envelope.user_index:type_name -> roomcast.mesh.v1.UserIndexRequest
+	28, // 18: roomcast.mesh.v1.Envelope.user_connections:type_name -> roomcast.mesh.v1.UserConnectionsRequest
+	30, // 19: roomcast.mesh.v1.Envelope.send_to_connection:type_name -> roomcast.mesh.v1.SendToConnectionRequest
+	31, // 20: roomcast.mesh.v1.Envelope.kick_connection:type_name -> roomcast.mesh.v1.KickConnectionRequest
+	32, // 21: roomcast.mesh.v1.Envelope.move_connection:type_name -> roomcast.mesh.v1.MoveConnectionRequest
+	33, // 22: roomcast.mesh.v1.Envelope.rebuild:type_name -> roomcast.mesh.v1.RebuildRequest
+	43, // 23: roomcast.mesh.v1.Envelope.events:type_name -> roomcast.mesh.v1.EventsPush
+	41, // 24: roomcast.mesh.v1.Envelope.group_interest:type_name -> roomcast.mesh.v1.GroupInterest
+	46, // 25: roomcast.mesh.v1.Envelope.node_stats:type_name -> roomcast.mesh.v1.NodeStatsRequest
+	48, // 26: roomcast.mesh.v1.Envelope.list_rooms:type_name -> roomcast.mesh.v1.ListRoomsRequest
+	44, // 27: roomcast.mesh.v1.Envelope.ack:type_name -> roomcast.mesh.v1.Ack
+	50, // 28: roomcast.mesh.v1.Envelope.error:type_name -> roomcast.v1.Error
+	45, // 29: roomcast.mesh.v1.Envelope.not_owner:type_name -> roomcast.mesh.v1.NotOwner
+	16, // 30: roomcast.mesh.v1.Envelope.publish_reply:type_name -> roomcast.mesh.v1.PublishReply
+	18, // 31: roomcast.mesh.v1.Envelope.join_reply:type_name -> roomcast.mesh.v1.JoinReply
+	22, // 32: roomcast.mesh.v1.Envelope.presence_reply:type_name -> roomcast.mesh.v1.PresenceReply
+	24, // 33: roomcast.mesh.v1.Envelope.presence_stats_reply:type_name -> roomcast.mesh.v1.PresenceStatsReply
+	26, // 34: roomcast.mesh.v1.Envelope.history_reply:type_name -> roomcast.mesh.v1.HistoryReply
+	29, // 35: roomcast.mesh.v1.Envelope.user_connections_reply:type_name -> roomcast.mesh.v1.UserConnectionsReply
+	36, // 36: roomcast.mesh.v1.Envelope.rebuild_reply:type_name -> roomcast.mesh.v1.RebuildReply
+	47, // 37: roomcast.mesh.v1.Envelope.node_stats_reply:type_name -> roomcast.mesh.v1.NodeStatsReply
+	49, // 38: roomcast.mesh.v1.Envelope.list_rooms_reply:type_name -> roomcast.mesh.v1.ListRoomsReply
+	14, // 39: roomcast.mesh.v1.Envelope.publish_batch_reply:type_name -> roomcast.mesh.v1.PublishBatchReply
+	4,  // 40: roomcast.mesh.v1.Hello.expected_peer:type_name -> roomcast.mesh.v1.Sender
+	51, // 41: roomcast.mesh.v1.Deliver.messages:type_name -> roomcast.v1.RoomMessage
+	0,  // 42: roomcast.mesh.v1.MembershipPush.change:type_name -> roomcast.mesh.v1.MembershipChange
+	52, // 43: roomcast.mesh.v1.MembershipPush.member:type_name -> roomcast.v1.Member
+	53, // 44: roomcast.mesh.v1.MembershipPush.position:type_name -> roomcast.v1.Position
+	54, // 45: roomcast.mesh.v1.PublishRequest.payload:type_name -> roomcast.v1.Payload
+	55, // 46: roomcast.mesh.v1.PublishRequest.publisher:type_name -> roomcast.v1.ClientInfo
+	12, // 47: roomcast.mesh.v1.PublishBatchRequest.publishes:type_name -> roomcast.mesh.v1.PublishRequest
+	15, // 48: roomcast.mesh.v1.PublishBatchReply.results:type_name -> roomcast.mesh.v1.PublishResult
+	53, // 49: roomcast.mesh.v1.PublishResult.position:type_name -> roomcast.v1.Position
+	50, // 50: roomcast.mesh.v1.PublishResult.error:type_name -> roomcast.v1.Error
+	53, // 51: roomcast.mesh.v1.PublishReply.position:type_name -> roomcast.v1.Position
+	55, // 52: roomcast.mesh.v1.JoinRequest.client:type_name -> roomcast.v1.ClientInfo
+	53, // 53: roomcast.mesh.v1.JoinRequest.recover_from:type_name -> roomcast.v1.Position
+	53, // 54: roomcast.mesh.v1.JoinReply.position:type_name -> roomcast.v1.Position
+	51, // 55: roomcast.mesh.v1.JoinReply.missed:type_name -> roomcast.v1.RoomMessage
+	55, // 56: roomcast.mesh.v1.LeaveRequest.client:type_name -> roomcast.v1.ClientInfo
+	52, // 57: roomcast.mesh.v1.PresenceReply.members:type_name -> roomcast.v1.Member
+	53, // 58: roomcast.mesh.v1.HistoryRequest.since:type_name -> roomcast.v1.Position
+	51, // 59: roomcast.mesh.v1.HistoryReply.messages:type_name -> roomcast.v1.RoomMessage
+	53, // 60: roomcast.mesh.v1.HistoryReply.position:type_name -> roomcast.v1.Position
+	1,  // 61: roomcast.mesh.v1.UserIndexRequest.op:type_name -> roomcast.mesh.v1.UserIndexOp
+	54, // 62: roomcast.mesh.v1.SendToConnectionRequest.payload:type_name -> roomcast.v1.Payload
+	56, // 63: roomcast.mesh.v1.KickConnectionRequest.code:type_name -> roomcast.v1.CloseCode
+	52, // 64: roomcast.mesh.v1.RoomMembers.members:type_name -> roomcast.v1.Member
+	34, // 65: roomcast.mesh.v1.RebuildReply.rooms:type_name -> roomcast.mesh.v1.RoomMembers
+	35, // 66: roomcast.mesh.v1.RebuildReply.users:type_name -> roomcast.mesh.v1.UserConnections
+	37, // 67: roomcast.mesh.v1.RebuildReply.handovers:type_name -> roomcast.mesh.v1.ShardHandover
+	38, // 68: roomcast.mesh.v1.ShardHandover.rooms:type_name -> roomcast.mesh.v1.RoomState
+	51, // 69: roomcast.mesh.v1.RoomState.history:type_name -> roomcast.v1.RoomMessage
+	40, // 70: roomcast.mesh.v1.RoomState.keys:type_name -> roomcast.mesh.v1.IdempotencyKey
+	39, // 71: roomcast.mesh.v1.RoomState.lineage:type_name -> roomcast.mesh.v1.EpochSpan
+	53, // 72: roomcast.mesh.v1.IdempotencyKey.position:type_name -> roomcast.v1.Position
+	42, // 73: roomcast.mesh.v1.GroupInterest.groups:type_name -> roomcast.mesh.v1.GroupCount
+	57, // 74: roomcast.mesh.v1.EventsPush.events:type_name -> roomcast.v1.Event
+	58, // 75: roomcast.mesh.v1.NodeStatsReply.node:type_name -> roomcast.v1.NodeInfo
+	59, // 76: roomcast.mesh.v1.ListRoomsReply.rooms:type_name -> roomcast.v1.RoomSummary
+	2,  // 77: roomcast.mesh.v1.PeerService.Link:input_type -> roomcast.mesh.v1.LinkRequest
+	3,  // 78: roomcast.mesh.v1.PeerService.Link:output_type -> roomcast.mesh.v1.LinkResponse
+	78, // [78:79] is the sub-list for method output_type
+	77, // [77:78] is the sub-list for method input_type
+	77, // [77:77] is the sub-list for extension type_name
+	77, // [77:77] is the sub-list for extension extendee
+	0,  // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_roomcast_mesh_v1_peer_proto_init() }
@@ -3848,6 +4050,7 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 		(*Envelope_Presence)(nil),
 		(*Envelope_PresenceStats)(nil),
 		(*Envelope_History)(nil),
+		(*Envelope_PublishBatch)(nil),
 		(*Envelope_UserIndex)(nil),
 		(*Envelope_UserConnections)(nil),
 		(*Envelope_SendToConnection)(nil),
@@ -3870,6 +4073,7 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 		(*Envelope_RebuildReply)(nil),
 		(*Envelope_NodeStatsReply)(nil),
 		(*Envelope_ListRoomsReply)(nil),
+		(*Envelope_PublishBatchReply)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3877,7 +4081,7 @@ func file_roomcast_mesh_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_roomcast_mesh_v1_peer_proto_rawDesc), len(file_roomcast_mesh_v1_peer_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   45,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
