@@ -407,7 +407,7 @@ func (c *cluster) memberLoop() {
 					c.wg.Add(1)
 					go func() {
 						defer c.wg.Done()
-						c.pullMembers(id)
+						c.retryPull(id, true)
 					}()
 				}
 			}

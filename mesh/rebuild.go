@@ -9,15 +9,19 @@ import (
 	"github.com/roomcast/roomcast/fabric"
 	meshv1 "github.com/roomcast/roomcast/gen/roomcast/mesh/v1"
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
+	"github.com/roomcast/roomcast/mesh/peer"
+	"github.com/roomcast/roomcast/mesh/registry"
 )
 
 // rebuild makes this node the serving owner of shards (at epochs): it asks every live
 // node for its local members of rooms and local connections of users in those shards,
 // and for the owner state it kept of them if it served them until now (a graceful
 // handover); installs the newest handed-over state, adds the members to it (no join
-// events: the members were there already) and then marks the shards ready. A node
-// that does not answer within RebuildTimeout is left out (its members are missing
-// until they rejoin, and a handoff it held is lost as in a crash).
+// events: the members were there already) and then marks the shards ready. A request
+// that fails (a link being set up, say) is tried again until RebuildTimeout; a node
+// that has not answered by then is left out — a handoff it held is lost as in a
+// crash — and asked again for its members in the background (retryPull) until it
+// answers, so its connections get deliveries again.
 func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 	m := c.m
 	want := make(map[int]ep, len(shards))
@@ -25,9 +29,10 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 		want[int(s)] = ep{s: epochString(epochs[i]), n: epochs[i]}
 	}
 	replies := []*meshv1.RebuildReply{c.localState(want, true)}
-	ids := c.liveIDs()
+	ids := c.rebuildIDs()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	var missed []string
 	for _, id := range ids {
 		wg.Add(1)
 		go func() {
@@ -38,9 +43,12 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 			for lo := 0; lo < len(shards); lo += rebuildChunk {
 				hi := min(lo+rebuildChunk, len(shards))
 				env := &meshv1.Envelope{Epoch: epochs[lo], Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{Shards: shards[lo:hi], Epochs: epochs[lo:hi]}}}
-				resp, err := c.links.Request(ctx, id, env)
+				resp, err := c.requestRetrying(ctx, id, env)
 				if err != nil || resp.GetRebuildReply() == nil {
-					m.log.Warn("rebuild: node did not answer", "node", id, "err", err)
+					m.log.Warn("rebuild: node did not answer; asking it again later", "node", id, "err", err)
+					mu.Lock()
+					missed = append(missed, id)
+					mu.Unlock()
 					return
 				}
 				mu.Lock()
@@ -50,6 +58,15 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 		}()
 	}
 	wg.Wait()
+	defer func() {
+		for _, id := range missed {
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.retryPull(id, false)
+			}()
+		}
+	}()
 	handed := newestHandoffs(replies, want)
 	for i, ho := range handed {
 		c.install(ho, want[i])
@@ -67,6 +84,46 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 		}
 		s.mu.Unlock()
 		c.ready[i].Store(e.n)
+	}
+}
+
+// rebuildIDs is every node a rebuild must ask: those gossip shows alive and those
+// registered in etcd. Gossip alone is not enough: a node back from a partition is
+// registered (and may be given shards) before its gossip has merged with the others'
+// and a rebuild that skipped a node would leave that node's members without
+// deliveries, with nothing to tell them.
+func (c *cluster) rebuildIDs() []string {
+	ids := c.liveIDs()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RebuildTimeout)
+	defer cancel()
+	nodes, _, err := registry.List(ctx, c.cfg.Etcd, c.cfg.Name)
+	if err != nil {
+		c.m.log.Warn("rebuild: listing registered nodes failed; asking gossip's members only", "err", err)
+		return ids
+	}
+	for _, n := range nodes {
+		if n.ID != c.id && !slices.Contains(ids, n.ID) {
+			ids = append(ids, n.ID)
+			c.noteRegistered(n)
+		}
+	}
+	return ids
+}
+
+// noteRegistered records a node known from the registry but not (yet) from gossip,
+// so that deliveries reach its members meanwhile; gossip's verdicts still remove it.
+func (c *cluster) noteRegistered(n registry.Node) {
+	name, _, ok := peer.ParseID(n.ID)
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, known := c.ids[name]; !known {
+		c.ids[name] = n.ID
+	}
+	if n.PeerAddr != "" && c.addrs[n.ID] == "" {
+		c.addrs[n.ID] = n.PeerAddr
 	}
 }
 
@@ -117,11 +174,54 @@ func (c *cluster) addMembers(rep *meshv1.RebuildReply, want map[int]ep, announce
 	}
 }
 
+// requestRetrying is links.Request tried again, with a short backoff, after a failure
+// that is not ctx's end (a link being set up, a dial race), until ctx ends.
+func (c *cluster) requestRetrying(ctx context.Context, id string, env *meshv1.Envelope) (*meshv1.Envelope, error) {
+	backoff := 20 * time.Millisecond
+	for {
+		resp, err := c.links.Request(ctx, id, env)
+		if err == nil || ctx.Err() != nil {
+			return resp, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 200*time.Millisecond)
+	}
+}
+
+// retryPull asks a node for its members (pullMembers) until it answers, the cluster
+// stops, or a minute passed. announce as in addMembers: a rebuild that missed a node
+// adds its members silently (they were members all along); a node back from the
+// dead announces them (their leaves were announced).
+func (c *cluster) retryPull(id string, announce bool) {
+	deadline := time.Now().Add(time.Minute)
+	backoff := 200 * time.Millisecond
+	for time.Now().Before(deadline) && c.ctx.Err() == nil {
+		if c.pullMembers(id, announce) {
+			c.m.log.Info("members of a node added", "node", id, "announced", announce)
+			return
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
 // pullMembers asks a node that appeared — new, or back after being given up for
 // dead (a healed partition) — for its local members of the shards this node serves,
 // and adds those missing: its connections stayed up, and without this they would
 // get no deliveries from rooms whose owners dropped them.
-func (c *cluster) pullMembers(id string) {
+func (c *cluster) pullMembers(id string, announce bool) bool {
 	want := map[int]ep{}
 	var shards []uint32
 	var epochs []int64
@@ -140,10 +240,11 @@ func (c *cluster) pullMembers(id string) {
 		cancel()
 		if err != nil || resp.GetRebuildReply() == nil {
 			c.m.log.Debug("pulling a node's members failed", "node", id, "err", err)
-			return
+			return false
 		}
-		c.addMembers(resp.GetRebuildReply(), want, true)
+		c.addMembers(resp.GetRebuildReply(), want, announce)
 	}
+	return true
 }
 
 // localState is this node's local members and connections in the wanted shards,
