@@ -7,7 +7,6 @@ import (
 
 	"github.com/roomcast/roomcast/fabric"
 	meshv1 "github.com/roomcast/roomcast/gen/roomcast/mesh/v1"
-	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
 )
 
 // Batched publishes.
@@ -148,11 +147,6 @@ func (m *Mesh) publishBatchLocal(ctx context.Context, req *meshv1.PublishBatchRe
 		out = append(out, res)
 	}
 	return out
-}
-
-func errToPB(err error) *pb.Error {
-	code := fabric.CodeOf(err)
-	return &pb.Error{Code: pb.ErrorCode(code), Message: err.Error(), Temporary: code.Temporary()}
 }
 
 // resultErr is the error of a batch result (nil when it was accepted).

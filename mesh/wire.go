@@ -184,10 +184,13 @@ func eventFromWire(ev *pb.Event) fabric.Event {
 
 // errToWire converts an error to the Error reply of a request.
 func errToWire(err error) *meshv1.Envelope {
+	return &meshv1.Envelope{Body: &meshv1.Envelope_Error{Error: errToPB(err)}}
+}
+
+// errToPB converts an error to its wire form, keeping its fabric code.
+func errToPB(err error) *pb.Error {
 	code := fabric.CodeOf(err)
-	return &meshv1.Envelope{Body: &meshv1.Envelope_Error{Error: &pb.Error{
-		Code: pb.ErrorCode(code), Message: err.Error(), Temporary: code.Temporary(),
-	}}}
+	return &pb.Error{Code: pb.ErrorCode(code), Message: err.Error(), Temporary: code.Temporary()}
 }
 
 // errNotOwner is returned inside the mesh when this node may not act as a shard's
