@@ -39,6 +39,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/roomcast/roomcast/control"
 	"github.com/roomcast/roomcast/fabric"
@@ -547,7 +549,15 @@ func (a *App) clusterConfig() (*mesh.ClusterConfig, error) {
 
 // dialEtcd creates the etcd client of a cluster member.
 func (a *App) dialEtcd() error {
-	c, err := clientv3.New(clientv3.Config{Endpoints: a.cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints: a.cfg.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		// gRPC's reconnect backoff grows to 120 s: after a long partition from etcd a
+		// node would wait up to a minute before even trying again, fenced all along.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 2 * time.Second,
+		})},
+	})
 	if err != nil {
 		return fmt.Errorf("etcd: %w", err)
 	}
