@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -45,16 +46,28 @@ func buildRoomcast(t *testing.T) string {
 	return bin
 }
 
-// freeAddr returns a 127.0.0.1 address whose TCP port was free a moment ago. Another
-// process may take it in between; the test then fails at startup with the node's log.
+// freeAddr returns a 127.0.0.1 address whose TCP and UDP ports were free a moment
+// ago. The port is below Linux's ephemeral range (32768 and up), so neither another
+// test's ":0" listener nor any outgoing connection can be given it before the node
+// binds it, as happened with ports the kernel handed out.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("pick a free port: %v", err)
+	for range 1000 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr) // gossip binds UDP on the same port
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port between 20000 and 32000")
+	return ""
 }
 
 // procSpec is what identifies a node process across restarts: its name and addresses.
