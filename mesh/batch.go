@@ -58,11 +58,15 @@ func (m *Mesh) publishRoomBatch(ctx context.Context, room string, ps []fabric.Pu
 		return
 	}
 	// Invalid publications are answered here and never travel.
+	if _, err := m.lookupRoom(room); err != nil {
+		for _, i := range idx {
+			errs[i] = err
+		}
+		return
+	}
 	var valid []int
 	for _, i := range idx {
-		if _, err := m.lookupRoom(room); err != nil {
-			errs[i] = err
-		} else if err := validatePayload(ps[i].Payload); err != nil {
+		if err := validatePayload(ps[i].Payload); err != nil {
 			errs[i] = err
 		} else {
 			valid = append(valid, i)

@@ -121,10 +121,7 @@ func (c *cluster) stashShard(i int, fence, to int64) {
 		m.met.retained.Sub(float64(r.hist.len()))
 		r.mu.Unlock()
 	}
-	us := m.users[i]
-	us.mu.Lock()
-	us.users = make(map[string][]string)
-	us.mu.Unlock()
+	m.forgetUsers(i)
 	c.hoMu.Lock()
 	c.handoffs[i] = &handoff{state: ho, to: to, expires: time.Now().Add(handoffTTL)}
 	c.hoMu.Unlock()

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -37,24 +38,15 @@ func (c *cluster) rebuild(shards []uint32, epochs []int64) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RebuildTimeout)
-			defer cancel()
-			// A few shards per request: a reply may carry their whole history.
-			for lo := 0; lo < len(shards); lo += rebuildChunk {
-				hi := min(lo+rebuildChunk, len(shards))
-				env := &meshv1.Envelope{Epoch: epochs[lo], Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{Shards: shards[lo:hi], Epochs: epochs[lo:hi]}}}
-				resp, err := c.requestRetrying(ctx, id, env)
-				if err != nil || resp.GetRebuildReply() == nil {
-					m.log.Warn("rebuild: node did not answer; asking it again later", "node", id, "err", err)
-					mu.Lock()
-					missed = append(missed, id)
-					mu.Unlock()
-					return
-				}
-				mu.Lock()
-				replies = append(replies, resp.GetRebuildReply())
-				mu.Unlock()
+			reps, err := c.askState(id, shards, epochs, false)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				m.log.Warn("rebuild: node did not answer; asking it again later", "node", id, "err", err)
+				missed = append(missed, id)
+				return
 			}
+			replies = append(replies, reps...)
 		}()
 	}
 	wg.Wait()
@@ -232,19 +224,39 @@ func (c *cluster) pullMembers(id string, announce bool) bool {
 			epochs = append(epochs, e.n)
 		}
 	}
-	for lo := 0; lo < len(shards); lo += rebuildChunk {
-		hi := min(lo+rebuildChunk, len(shards))
-		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RebuildTimeout)
-		resp, err := c.links.Request(ctx, id, &meshv1.Envelope{Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{
-			Shards: shards[lo:hi], Epochs: epochs[lo:hi], MembersOnly: true}}})
-		cancel()
-		if err != nil || resp.GetRebuildReply() == nil {
-			c.m.log.Debug("pulling a node's members failed", "node", id, "err", err)
-			return false
-		}
-		c.addMembers(resp.GetRebuildReply(), want, announce)
+	reps, err := c.askState(id, shards, epochs, true)
+	if err != nil {
+		c.m.log.Debug("pulling a node's members failed", "node", id, "err", err)
+		return false
+	}
+	for _, rep := range reps {
+		c.addMembers(rep, want, announce)
 	}
 	return true
+}
+
+// askState asks a node for its local state of shards (at the asking owner's epochs),
+// a few shards per request since a reply may carry their whole history, retrying
+// failed requests until RebuildTimeout. It returns every reply, or the first error.
+func (c *cluster) askState(id string, shards []uint32, epochs []int64, membersOnly bool) ([]*meshv1.RebuildReply, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.RebuildTimeout)
+	defer cancel()
+	var out []*meshv1.RebuildReply
+	for lo := 0; lo < len(shards); lo += rebuildChunk {
+		hi := min(lo+rebuildChunk, len(shards))
+		env := &meshv1.Envelope{Epoch: epochs[lo], Body: &meshv1.Envelope_Rebuild{Rebuild: &meshv1.RebuildRequest{
+			Shards: shards[lo:hi], Epochs: epochs[lo:hi], MembersOnly: membersOnly}}}
+		resp, err := c.requestRetrying(ctx, id, env)
+		if err != nil {
+			return nil, err
+		}
+		rep := resp.GetRebuildReply()
+		if rep == nil {
+			return nil, fmt.Errorf("node %s answered a rebuild request with %T", id, resp.GetBody())
+		}
+		out = append(out, rep)
+	}
+	return out, nil
 }
 
 // localState is this node's local members and connections in the wanted shards,
@@ -325,6 +337,12 @@ func (m *Mesh) forgetShard(i int) {
 		m.resetShardLocked(s, s.epochN)
 	}
 	s.mu.Unlock()
+	m.forgetUsers(i)
+}
+
+// forgetUsers drops the user index of shard i (owner state of users whose shard
+// this node no longer serves).
+func (m *Mesh) forgetUsers(i int) {
 	us := m.users[i]
 	us.mu.Lock()
 	if len(us.users) > 0 {
