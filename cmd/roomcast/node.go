@@ -61,6 +61,7 @@ var flagHelp = map[string]string{
 	"advertise_host":         "host other nodes reach this one at, for gossip and peer links (default: the listen host, or the host's private IP when listening on all interfaces)",
 	"join":                   "static gossip seeds (host:port); nodes also find each other through etcd",
 	"gossip_key":             "shared gossip encryption key (at least 16 characters; hashed to AES-256)",
+	"gossip_old_keys":        "further gossip keys accepted for decryption while keys rotate: give every node the new key here, then make it --gossip-key everywhere, then drop the old one",
 	"peer_secret":            "shared secret authenticating peer links (at least 16 characters)",
 	"log_level":              "debug, info, warn or error",
 	"log_format":             "text or json",

@@ -533,13 +533,18 @@ func (a *App) clusterConfig() (*mesh.ClusterConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip port %q: %w", port, err)
 	}
-	key := sha256.Sum256([]byte(cfg.GossipKey))
+	// The first key encrypts; the others are only accepted (rotation).
+	keys := make([][]byte, 0, 1+len(cfg.GossipOldKeys))
+	for _, k := range append([]string{cfg.GossipKey}, cfg.GossipOldKeys...) {
+		sum := sha256.Sum256([]byte(k))
+		keys = append(keys, sum[:])
+	}
 	return &mesh.ClusterConfig{
 		Etcd:        a.etcd,
 		Name:        cfg.ClusterName,
 		GossipAddr:  host,
 		GossipPort:  gport,
-		GossipKeys:  [][]byte{key[:]},
+		GossipKeys:  keys,
 		Seeds:       cfg.Join,
 		PeerAddr:    cfg.PeerAddr,
 		Advertise:   cfg.AdvertiseHost,

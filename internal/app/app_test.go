@@ -30,6 +30,11 @@ func TestValidateRefusesUnsafeOrIncompleteSettings(t *testing.T) {
 		"ws path":                func(c *Config) { c.WSPath = "ws" },
 		"half tls":               func(c *Config) { c.ControlTLSCert = "cert.pem" },
 		"mtls without tls":       func(c *Config) { c.ControlClientCA = "ca.pem" },
+		"short old gossip key": func(c *Config) {
+			c.EtcdEndpoints, c.ClusterName = []string{"127.0.0.1:2379"}, "c"
+			c.GossipKey, c.PeerSecret = "0123456789abcdef", "0123456789abcdef"
+			c.GossipOldKeys = []string{"short"}
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := Defaults()

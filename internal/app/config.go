@@ -78,6 +78,7 @@ type Config struct {
 	AdvertiseHost string   `yaml:"advertise_host"`
 	Join          []string `yaml:"join"`
 	GossipKey     string   `yaml:"gossip_key"`
+	GossipOldKeys []string `yaml:"gossip_old_keys"`
 	PeerSecret    string   `yaml:"peer_secret"`
 
 	LogLevel  string `yaml:"log_level"`
@@ -208,6 +209,11 @@ func (c *Config) Validate() error {
 	if len(c.EtcdEndpoints) > 0 {
 		if len(c.GossipKey) < 16 || len(c.PeerSecret) < 16 {
 			return errors.New("cluster mode needs --gossip-key and --peer-secret, each at least 16 characters (shared by every node)")
+		}
+		for _, k := range c.GossipOldKeys {
+			if len(k) < 16 {
+				return errors.New("every gossip_old_keys entry must be at least 16 characters")
+			}
 		}
 		if c.ClusterName == "" || strings.ContainsAny(c.ClusterName, "/ ") {
 			return fmt.Errorf("cluster name %q must be non-empty without '/' or spaces", c.ClusterName)

@@ -509,3 +509,13 @@ func TestThirtyMembers(t *testing.T) {
 	})
 	t.Logf("crash of one of 31 members known to all in %v", time.Since(start))
 }
+
+// The middle of a rolling key rotation (roomcast node --gossip-old-keys): nodes that
+// already encrypt with the new key and nodes that still encrypt with the old one
+// form one cluster, as long as each accepts both.
+func TestMixedKeyringsDuringRotation(t *testing.T) {
+	a := newMember(t, "a", withKeys(key1, key2))
+	b := newMember(t, "b", withKeys(key2, key1))
+	join(t, b, a)
+	allSee(t, []*Membership{a, b}, 2)
+}
