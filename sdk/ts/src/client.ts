@@ -637,7 +637,11 @@ export class Client {
         settled = true;
         sess?.end(e);
         if (ws && !sess) {
-          ws.onopen = ws.onclose = ws.onmessage = ws.onerror = null;
+          ws.onopen = ws.onclose = ws.onmessage = null;
+          // Not null: closing a socket that is still connecting makes Node's ws emit
+          // "closed before the connection was established", which would be an
+          // uncaught exception without a listener.
+          ws.onerror = () => {};
           try {
             ws.close();
           } catch {
