@@ -200,6 +200,7 @@ func (a *App) build() error {
 		Namespaces: a.namespaces,
 		Transport: wsio.Config{
 			Mode:             mode,
+			WriteBatching:    writeBatching(cfg.WriteBatching),
 			MaxMessageBytes:  cfg.MaxFrameBytes,
 			MaxQueueBytes:    cfg.MaxQueueBytes,
 			MaxQueueMessages: cfg.MaxQueueMessages,
@@ -483,6 +484,14 @@ func perUserLimit(n int) int {
 		return -1
 	}
 	return n
+}
+
+// writeBatching maps the validated write_batching setting.
+func writeBatching(s string) wsio.WriteBatching {
+	if s == "off" {
+		return wsio.BatchOff
+	}
+	return wsio.BatchAuto
 }
 
 func transportMode(s string) (wsio.Mode, error) {

@@ -55,6 +55,7 @@ type Config struct {
 	ControlMaxRecv    int    `yaml:"control_max_recv_bytes"`
 
 	Transport        string        `yaml:"transport"`
+	WriteBatching    string        `yaml:"write_batching"`
 	Workers          int           `yaml:"workers"`
 	AuthTimeout      time.Duration `yaml:"auth_timeout"`
 	PingInterval     time.Duration `yaml:"ping_interval"`
@@ -109,6 +110,7 @@ func Defaults() Config {
 		ControlReflection: true,
 		ControlMaxRecv:    4 << 20,
 		Transport:         "auto",
+		WriteBatching:     "auto",
 		AuthTimeout:       5 * time.Second,
 		PingInterval:      25 * time.Second,
 		PongTimeout:       10 * time.Second,
@@ -199,6 +201,11 @@ func (c *Config) Validate() error {
 	case "auto", "epoll", "goroutine":
 	default:
 		return fmt.Errorf("transport must be auto, epoll or goroutine, not %q", c.Transport)
+	}
+	switch c.WriteBatching {
+	case "auto", "off":
+	default:
+		return fmt.Errorf("write batching must be auto or off, not %q", c.WriteBatching)
 	}
 	if c.WSPath == "" || c.WSPath[0] != '/' {
 		return fmt.Errorf("ws path must start with '/', got %q", c.WSPath)

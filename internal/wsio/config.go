@@ -38,6 +38,19 @@ func (m Mode) String() string {
 	return fmt.Sprintf("mode(%d)", int(m))
 }
 
+// WriteBatching selects how flush workers hand socket writes to the kernel.
+type WriteBatching int
+
+const (
+	// BatchAuto submits the writes a flush worker finds waiting together (a
+	// fan-out's, typically) in one io_uring system call where the kernel allows it
+	// (Linux 5.6 or later, io_uring not disabled by sysctl or a seccomp profile),
+	// and falls back to BatchOff otherwise.
+	BatchAuto WriteBatching = iota
+	// BatchOff makes one write(2) per socket.
+	BatchOff
+)
+
 // Config configures a Server. The zero value is usable: NewServer fills defaults.
 type Config struct {
 	// Mode selects how connections are read; the default ModeAuto picks epoll on Linux.
@@ -67,6 +80,9 @@ type Config struct {
 	// sockets, in both modes; default GOMAXPROCS. A write never blocks them: a
 	// socket whose buffer is full gets a goroutine of its own until it drains.
 	FlushWorkers int
+	// WriteBatching says whether writes waiting together go to the kernel in one
+	// io_uring submission (BatchAuto, the default) or one system call each.
+	WriteBatching WriteBatching
 	// Logger receives transport diagnostics; default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the transport's metrics; nil means they are not
@@ -127,6 +143,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Workers < 0 || cfg.FlushWorkers < 0 {
 		errs = append(errs, errors.New("workers must be positive"))
+	}
+	if cfg.WriteBatching != BatchAuto && cfg.WriteBatching != BatchOff {
+		errs = append(errs, fmt.Errorf("unknown write batching %d", int(cfg.WriteBatching)))
 	}
 	switch cfg.Mode {
 	case ModeAuto:

@@ -336,11 +336,19 @@ type round struct {
 // flushWorker serves connections handed over by kickLocked until the server closes
 // the queue. It writes one round per turn and puts a connection with more to write
 // back at the end of the queue, so one busy connection cannot hold a worker while
-// others wait.
-func (s *Server) flushWorker() {
+// others wait. With b (io_uring available), a turn takes every connection waiting
+// and submits their writes together (batch.go).
+func (s *Server) flushWorker(b *flushBatch) {
 	defer s.fwg.Done()
 	for c := range s.flushq {
-		c.flushTurn()
+		if b == nil || b.ring == nil {
+			c.flushTurn()
+			continue
+		}
+		b.run(c)
+	}
+	if b != nil {
+		b.close()
 	}
 }
 
@@ -352,6 +360,13 @@ func (c *Conn) flushTurn() {
 		return
 	}
 	rest, err := c.writeFast(r.buf)
+	c.afterWrite(r, rest, err)
+}
+
+// afterWrite moves a worker's turn on once the round's write returned rest (what
+// the socket's buffer had no room for) or err: the connection goes to the back of
+// the queue while it has more to write.
+func (c *Conn) afterWrite(r round, rest []byte, err error) {
 	if err == nil && len(rest) > 0 {
 		// The socket's buffer is full: wait on a goroutine of its own, never on a
 		// worker that other connections share. It carries on with the flush.

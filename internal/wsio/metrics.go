@@ -16,7 +16,10 @@ type metrics struct {
 	// blockedWrites counts writes that found the socket's buffer full and had to
 	// wait under WriteTimeout: a sign of slow consumers.
 	blockedWrites prometheus.Counter
-	violations    *prometheus.CounterVec
+	// writeBatches counts io_uring submissions; socket writes per batch shows how
+	// many system calls batching saves.
+	writeBatches prometheus.Counter
+	violations   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,6 +44,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "roomcast_wsio_blocked_writes_total",
 			Help: "Socket writes that found the socket buffer full and waited (at most the write timeout) for the peer to read.",
 		}),
+		writeBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roomcast_wsio_write_batches_total",
+			Help: "io_uring submissions, each carrying the socket writes a flush worker found waiting together (a fan-out's).",
+		}),
 		violations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roomcast_wsio_violations_total",
 			Help: "Connections the transport closed for a peer's violation, by close code.",
@@ -49,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.socketWrites, m.writeBytes, m.messages, m.writeErrors, m.blockedWrites, m.violations} {
+	for _, c := range []prometheus.Collector{m.socketWrites, m.writeBytes, m.messages, m.writeErrors, m.blockedWrites, m.writeBatches, m.violations} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

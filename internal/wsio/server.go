@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +40,9 @@ type Server struct {
 	// counts the workers, which end when Close closes flushq after wg is done.
 	flushq chan *Conn
 	fwg    sync.WaitGroup
+
+	batching  atomic.Bool // a flush worker submits writes through io_uring
+	uringOnce sync.Once   // logs once why io_uring is not used
 }
 
 // flushQueueLen bounds the flush workers' queue: a fan-out to a room this large
@@ -71,10 +75,14 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s.fwg.Add(cfg.FlushWorkers)
 	for range cfg.FlushWorkers {
-		go s.flushWorker()
+		go s.flushWorker(s.newFlushBatch())
 	}
 	return s, nil
 }
+
+// Batching reports whether socket writes are submitted in io_uring batches
+// (Config.WriteBatching is BatchAuto and the kernel allows it).
+func (s *Server) Batching() bool { return s.batching.Load() }
 
 // Mode reports the read mode in effect (ModeAuto resolved).
 func (s *Server) Mode() Mode { return s.cfg.Mode }
