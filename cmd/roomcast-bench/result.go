@@ -37,6 +37,11 @@ type stepResult struct {
 	P999ms      float64      `json:"p999_ms,omitempty"`
 	MaxMs       float64      `json:"max_ms,omitempty"`
 	Percentiles []percentile `json:"percentiles,omitempty"`
+	// SendLag is how late the publisher sent messages after their intended times
+	// (fan-out, many rooms), in milliseconds: the load tool's own share of the
+	// latency above (its timer and the CPU it shares with the server).
+	SendLagP50ms float64 `json:"send_lag_p50_ms,omitempty"`
+	SendLagP99ms float64 `json:"send_lag_p99_ms,omitempty"`
 
 	ServerCPUCores float64 `json:"server_cpu_cores"`
 	// ServerCPUPerOp is server CPU per delivery (fan-out, many rooms), per publish

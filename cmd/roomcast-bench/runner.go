@@ -408,7 +408,9 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 	defer stopProfiles()
 	var wg sync.WaitGroup
 	errs := make([]error, streams)
+	lags := make([]*hdrhistogram.Histogram, streams)
 	for s := range streams {
+		lags[s] = newHist()
 		wg.Go(func() {
 			var own []int
 			for k := s; k < len(rooms); k += streams {
@@ -418,6 +420,7 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 			sched := schedule{start: start.Add(time.Duration(float64(s) * float64(time.Second) / rate)), rate: rate / float64(streams)}
 			buf := make([]byte, 0, r.cfg.Payload+64)
 			_, errs[s] = runPaced(ctx, realClock{}, sched, perStream, stopAt, func(_ int64, intended time.Time) error {
+				_ = lags[s].RecordValue(max(time.Since(intended).Microseconds(), histMin))
 				k := own[rng.IntN(len(own))]
 				seqs[k]++
 				buf = appendPayload(buf[:0], stamp{t: intended.UnixMicro(), seq: seqs[k], room: int64(k), step: step}, r.cfg.Payload)
@@ -435,6 +438,12 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 	sendEnd := time.Now()
 	res := r.result(scenario, "")
 	res.TargetRate = rate
+	lag := newHist()
+	for _, h := range lags {
+		lag.Merge(h)
+	}
+	res.SendLagP50ms = float64(lag.ValueAtQuantile(50)) / 1000
+	res.SendLagP99ms = float64(lag.ValueAtQuantile(99)) / 1000
 	fctx, cancel := context.WithTimeout(ctx, r.cfg.Tail)
 	for _, p := range pubs {
 		_, bad, ferr := p.finish(fctx)
