@@ -74,6 +74,57 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// startConnected starts a fake server, lets setup (when not nil) steer it before
+// the client connects, and returns the server, a connected client made with opts,
+// and the server's side of the connection.
+func startConnected(t *testing.T, setup func(fs *fakeServer), opts ...Option) (*fakeServer, *Client, *fakeConn) {
+	t.Helper()
+	fs := newFakeServer(t)
+	if setup != nil {
+		fs.set(setup)
+	}
+	c := newClient(t, fs.url(), opts...)
+	connect(t, c)
+	return fs, c, fs.next(t)
+}
+
+// withTokenRoom is a setup for startConnected: the token's rooms claim joins the
+// connection to news:auto at connect.
+func withTokenRoom(fs *fakeServer) { fs.connectRooms = []string{"news:auto"} }
+
+// tokenRoom waits for the client's subscription to news:auto, the room the server
+// joined it to (withTokenRoom).
+func tokenRoom(t *testing.T, c *Client) *Subscription {
+	t.Helper()
+	var sub *Subscription
+	eventually(t, "token room", func() bool { sub = c.Subscription("news:auto"); return sub != nil })
+	return sub
+}
+
+// startAtTokenRoom is startConnected with withTokenRoom, returning also the
+// subscription to news:auto once it has delivered its first message (e1/1).
+func startAtTokenRoom(t *testing.T) (*fakeServer, *Client, *fakeConn, *Subscription) {
+	t.Helper()
+	fs, c, fc := startConnected(t, withTokenRoom)
+	sub := tokenRoom(t, c)
+	fs.publish("news:auto", jsonPayload("1"), nil)
+	recv(t, sub)
+	return fs, c, fc, sub
+}
+
+// outage drops the connection with drop and refuses reconnects while during runs
+// (the server moves on without the client), then lets the client back in and
+// returns its new connection.
+func (fs *fakeServer) outage(t *testing.T, c *Client, drop, during func()) *fakeConn {
+	t.Helper()
+	fs.set(func(fs *fakeServer) { fs.refuse = true })
+	drop()
+	eventually(t, "disconnect", func() bool { return c.State() != StateConnected })
+	during()
+	fs.set(func(fs *fakeServer) { fs.refuse = false })
+	return fs.next(t)
+}
+
 func TestBackoffFullJitter(t *testing.T) {
 	b := Backoff{Min: 500 * time.Millisecond, Max: 20 * time.Second}
 	if err := b.fill(); err != nil {
@@ -344,12 +395,9 @@ func TestReconnectRecoversMissedMessages(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fs := newFakeServer(t)
+			fs, c, fc := startConnected(t, nil)
 			var joins []JoinInfo
 			var mu sync.Mutex
-			c := newClient(t, fs.url())
-			connect(t, c)
-			fc := fs.next(t)
 			ctx := ctx10(t)
 			sub, err := c.Join(ctx, "chat:r", WithJoinHandler(func(j JoinInfo) { mu.Lock(); joins = append(joins, j); mu.Unlock() }))
 			if err != nil {
@@ -360,13 +408,10 @@ func TestReconnectRecoversMissedMessages(t *testing.T) {
 			recv(t, sub)
 			recv(t, sub)
 			// Publish while the client is away: the server has them, the client not.
-			fs.set(func(fs *fakeServer) { fs.refuse = true })
-			tt.drop(fc)
-			eventually(t, "disconnect", func() bool { return c.State() != StateConnected })
-			fs.publish("chat:r", jsonPayload("3"), nil)
-			fs.publish("chat:r", jsonPayload("4"), nil)
-			fs.set(func(fs *fakeServer) { fs.refuse = false })
-			fc2 := fs.next(t)
+			fc2 := fs.outage(t, c, func() { tt.drop(fc) }, func() {
+				fs.publish("chat:r", jsonPayload("3"), nil)
+				fs.publish("chat:r", jsonPayload("4"), nil)
+			})
 			jc := fc2.expect(t, "join").GetJoin()
 			if rf := jc.GetRecoverFrom(); rf.GetEpoch() != "e1" || rf.GetOffset() != 2 {
 				t.Errorf("rejoin recover_from = %v, want e1/2", rf)
@@ -390,10 +435,7 @@ func TestReconnectRecoversMissedMessages(t *testing.T) {
 }
 
 func TestRejoinAfterEpochChangeReportsNotRecovered(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
+	fs, c, fc := startConnected(t, nil)
 	ctx := ctx10(t)
 	gaps := make(chan JoinInfo, 4)
 	sub, err := c.Join(ctx, "chat:r", WithJoinHandler(func(j JoinInfo) { gaps <- j }))
@@ -421,10 +463,7 @@ func TestRejoinAfterEpochChangeReportsNotRecovered(t *testing.T) {
 }
 
 func TestDuplicatesAreDropped(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
+	_, c, fc := startConnected(t, nil)
 	sub, err := c.Join(ctx10(t), "chat:d")
 	if err != nil {
 		t.Fatal(err)
@@ -599,11 +638,7 @@ func TestRejectedTokenStopsConnect(t *testing.T) {
 }
 
 func TestHeartbeatTimeoutReconnects(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.pingInterval = 50 * time.Millisecond })
-	c := newClient(t, fs.url(), WithHeartbeatGrace(50*time.Millisecond))
-	connect(t, c)
-	first := fs.next(t)
+	fs, _, first := startConnected(t, func(fs *fakeServer) { fs.pingInterval = 50 * time.Millisecond }, WithHeartbeatGrace(50*time.Millisecond))
 	// The fake server never pings: the client must give up on it by itself.
 	second := fs.next(t)
 	if first.id == second.id {
@@ -617,11 +652,7 @@ func TestHeartbeatTimeoutReconnects(t *testing.T) {
 }
 
 func TestHeartbeatKeepsLiveConnection(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.pingInterval = 40 * time.Millisecond })
-	c := newClient(t, fs.url(), WithHeartbeatGrace(40*time.Millisecond))
-	connect(t, c)
-	fc := fs.next(t)
+	fs, _, fc := startConnected(t, func(fs *fakeServer) { fs.pingInterval = 40 * time.Millisecond }, WithHeartbeatGrace(40*time.Millisecond))
 	// Ping faster than the interval for a while: the client answers and stays.
 	for range 15 {
 		fc.send(&pb.ServerMessage{Body: &pb.ServerMessage_Ping{Ping: &pb.Ping{}}})
@@ -701,11 +732,7 @@ func TestCommandTimeoutAndCancel(t *testing.T) {
 }
 
 func TestInFlightCommandFailsWhenConnectionLost(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.hold["publish"] = true })
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
+	_, c, fc := startConnected(t, func(fs *fakeServer) { fs.hold["publish"] = true })
 	errc := make(chan error, 1)
 	go func() {
 		_, err := c.Publish(ctx10(t), "chat:t", JSON([]byte("1")))
@@ -836,10 +863,7 @@ func TestJoinWithRecoverFrom(t *testing.T) {
 }
 
 func TestRejoinRefusedEndsSubscription(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
+	fs, c, fc := startConnected(t, nil)
 	sub, err := c.Join(ctx10(t), "chat:gone")
 	if err != nil {
 		t.Fatal(err)
@@ -860,22 +884,11 @@ func TestRejoinRefusedEndsSubscription(t *testing.T) {
 }
 
 func TestTokenRoomCatchesUpFromHistory(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.connectRooms = []string{"news:auto"} })
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var auto *Subscription
-	eventually(t, "token room", func() bool { auto = c.Subscription("news:auto"); return auto != nil })
-	fs.publish("news:auto", jsonPayload("1"), nil)
-	recv(t, auto)
-	fs.set(func(fs *fakeServer) { fs.refuse = true })
-	fc.cut()
-	eventually(t, "disconnect", func() bool { return c.State() != StateConnected })
-	fs.publish("news:auto", jsonPayload("2"), nil)
-	fs.publish("news:auto", jsonPayload("3"), nil)
-	fs.set(func(fs *fakeServer) { fs.refuse = false })
-	fc2 := fs.next(t)
+	fs, c, fc, auto := startAtTokenRoom(t)
+	fc2 := fs.outage(t, c, fc.cut, func() {
+		fs.publish("news:auto", jsonPayload("2"), nil)
+		fs.publish("news:auto", jsonPayload("3"), nil)
+	})
 	if h := fc2.expect(t, "history").GetHistory(); h.GetSince().GetOffset() != 1 {
 		t.Errorf("catch-up history since %v", h.GetSince())
 	}
@@ -891,11 +904,7 @@ func TestTokenRoomCatchesUpFromHistory(t *testing.T) {
 }
 
 func TestAbandonedJoinIsUndone(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.hold["join"] = true })
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
+	fs, c, fc := startConnected(t, func(fs *fakeServer) { fs.hold["join"] = true })
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { _, err := c.Join(ctx, "chat:late"); errc <- err }()
@@ -915,10 +924,7 @@ func TestAbandonedJoinIsUndone(t *testing.T) {
 }
 
 func TestLeaveWhileOfflineForgetsTheRoom(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
+	fs, c, fc := startConnected(t, nil)
 	sub, err := c.Join(ctx10(t), "chat:off")
 	if err != nil {
 		t.Fatal(err)

@@ -47,6 +47,39 @@ func (l *streamLog) waitFor(t *testing.T, n int) []string {
 	return got
 }
 
+// expect waits for the log to hold len(want) events and fails unless they are want.
+func (l *streamLog) expect(t *testing.T, want ...string) {
+	t.Helper()
+	if got := l.waitFor(t, len(want)); !equal(got, want) {
+		t.Fatalf("delivered %v, want %v", got, want)
+	}
+}
+
+// joinLogged joins room with a streamLog's handlers and waits until the fake
+// server has the join command.
+func joinLogged(t *testing.T, c *Client, fc *fakeConn, room string) (*Subscription, *streamLog) {
+	t.Helper()
+	l := &streamLog{}
+	sub, err := c.Join(ctx10(t), room, l.options()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.expect(t, "join")
+	return sub, l
+}
+
+// expectRejoin waits for the leave and the join of a re-sync and fails unless the
+// join recovers from epoch/offset; it returns the join command.
+func expectRejoin(t *testing.T, fc *fakeConn, epoch string, offset uint64) *pb.ClientCommand {
+	t.Helper()
+	fc.expect(t, "leave")
+	jc := fc.expect(t, "join")
+	if rf := jc.GetJoin().GetRecoverFrom(); rf.GetEpoch() != epoch || rf.GetOffset() != offset {
+		t.Fatalf("re-join recover_from = %v, want %s/%d", rf, epoch, offset)
+	}
+	return jc
+}
+
 func pushMsg(room, epoch string, off uint64) *pb.ServerMessage {
 	return &pb.ServerMessage{Body: &pb.ServerMessage_Message{Message: &pb.RoomMessage{Room: room, Epoch: epoch, Offset: off, Payload: jsonPayload("0")}}}
 }
@@ -69,16 +102,8 @@ func equal(a, b []string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
 // in order before later ones, and pushes that raced with the re-join are not
 // delivered twice.
 func TestGapInLiveStreamResyncs(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var l streamLog
-	sub, err := c.Join(ctx10(t), "chat:g", l.options()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.expect(t, "join")
+	fs, c, fc := startConnected(t, nil)
+	sub, l := joinLogged(t, c, fc, "chat:g")
 	fs.publish("chat:g", jsonPayload("1"), nil)
 	fs.publish("chat:g", jsonPayload("2"), nil)
 	l.waitFor(t, 3)
@@ -88,11 +113,7 @@ func TestGapInLiveStreamResyncs(t *testing.T) {
 	}
 	fs.set(func(fs *fakeServer) { fs.hold["join"] = true })
 	fs.publish("chat:g", jsonPayload("6"), nil)
-	fc.expect(t, "leave")
-	jc := fc.expect(t, "join")
-	if rf := jc.GetJoin().GetRecoverFrom(); rf.GetEpoch() != "e1" || rf.GetOffset() != 2 {
-		t.Fatalf("re-join recover_from = %v, want e1/2", rf)
-	}
+	jc := expectRejoin(t, fc, "e1", 2)
 	// While the re-join is on its way, pushes race ahead of its reply: a repeat of 6,
 	// and 7.
 	fs.publish("chat:g", jsonPayload("7"), nil) // not pushed: the fake saw the leave
@@ -102,10 +123,7 @@ func TestGapInLiveStreamResyncs(t *testing.T) {
 	fs.set(func(fs *fakeServer) { fs.hold["join"] = false })
 	fs.publish("chat:g", jsonPayload("8"), nil)
 
-	want := []string{"join", "e1/1", "e1/2", "join", "e1/3", "e1/4", "e1/5", "e1/6", "e1/7", "e1/8"}
-	if got := l.waitFor(t, len(want)); !equal(got, want) {
-		t.Fatalf("delivered %v, want %v", got, want)
-	}
+	l.expect(t, "join", "e1/1", "e1/2", "join", "e1/3", "e1/4", "e1/5", "e1/6", "e1/7", "e1/8")
 	if k := kinds(fc.buffered()); len(k) != 0 {
 		t.Errorf("more leave/join commands after the re-sync: %v", k)
 	}
@@ -126,16 +144,8 @@ func TestGapInLiveStreamResyncs(t *testing.T) {
 // history) is one stream: no re-sync, and a late message of the old epoch is a
 // duplicate.
 func TestContinuousHandoverDoesNotResync(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var l streamLog
-	sub, err := c.Join(ctx10(t), "chat:h", l.options()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.expect(t, "join")
+	fs, c, fc := startConnected(t, nil)
+	sub, l := joinLogged(t, c, fc, "chat:h")
 	fs.publish("chat:h", jsonPayload("1"), nil)
 	fs.publish("chat:h", jsonPayload("2"), nil)
 	for _, m := range []*pb.ServerMessage{
@@ -145,10 +155,7 @@ func TestContinuousHandoverDoesNotResync(t *testing.T) {
 	} {
 		fc.send(m)
 	}
-	want := []string{"join", "e1/1", "e1/2", "e2/3", "e2/4"}
-	if got := l.waitFor(t, len(want)); !equal(got, want) {
-		t.Fatalf("delivered %v, want %v", got, want)
-	}
+	l.expect(t, "join", "e1/1", "e1/2", "e2/3", "e2/4")
 	// A round trip after the pushes: had they caused a re-sync, its commands would
 	// have reached the fake before this one.
 	if _, err := c.Presence(ctx10(t), "chat:h"); err != nil {
@@ -165,31 +172,17 @@ func TestContinuousHandoverDoesNotResync(t *testing.T) {
 // A new epoch whose offsets start again (the owner crashed and its history is gone)
 // is a gap: the re-sync cannot recover and says so.
 func TestEpochRestartInLiveStreamReportsGap(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var l streamLog
-	sub, err := c.Join(ctx10(t), "chat:x", l.options()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.expect(t, "join")
+	fs, c, fc := startConnected(t, nil)
+	sub, l := joinLogged(t, c, fc, "chat:x")
 	fs.publish("chat:x", jsonPayload("1"), nil)
 	fs.publish("chat:x", jsonPayload("2"), nil)
 	l.waitFor(t, 3)
 	fs.restart("e2")
 	fs.publish("chat:x", jsonPayload("new"), nil) // pushed as e2/1
-	fc.expect(t, "leave")
-	if rf := fc.expect(t, "join").GetJoin().GetRecoverFrom(); rf.GetEpoch() != "e1" || rf.GetOffset() != 2 {
-		t.Fatalf("re-join recover_from = %v, want e1/2", rf)
-	}
+	expectRejoin(t, fc, "e1", 2)
 	l.waitFor(t, 4) // the re-join's report: joined again, so the next push reaches us
 	fs.publish("chat:x", jsonPayload("next"), nil)
-	want := []string{"join", "e1/1", "e1/2", "join", "e2/2"}
-	if got := l.waitFor(t, len(want)); !equal(got, want) {
-		t.Fatalf("delivered %v, want %v", got, want)
-	}
+	l.expect(t, "join", "e1/1", "e1/2", "join", "e2/2")
 	_, joins := l.snapshot()
 	if j := joins[1]; !j.Resync || !j.RecoveryAsked || j.Recovered || !j.Gap() || j.Position != (fabric.Position{Epoch: "e2", Offset: 1}) {
 		t.Errorf("re-sync report = %+v, want an honest recovered=false at e2/1", j)
@@ -202,25 +195,13 @@ func TestEpochRestartInLiveStreamReportsGap(t *testing.T) {
 // In a room without history nothing can be recovered: the message after the gap is
 // delivered, right after a report of the gap.
 func TestGapWithoutHistoryIsReported(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.noHistory["live:n"] = true })
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var l streamLog
-	sub, err := c.Join(ctx10(t), "live:n", l.options()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.expect(t, "join")
+	fs, c, fc := startConnected(t, func(fs *fakeServer) { fs.noHistory["live:n"] = true })
+	sub, l := joinLogged(t, c, fc, "live:n")
 	fs.publish("live:n", jsonPayload("1"), nil)
 	fs.record("live:n", jsonPayload("lost"))
 	fs.publish("live:n", jsonPayload("3"), nil)
 	fs.publish("live:n", jsonPayload("4"), nil)
-	want := []string{"join", "e1/1", "join", "e1/3", "e1/4"}
-	if got := l.waitFor(t, len(want)); !equal(got, want) {
-		t.Fatalf("delivered %v, want %v", got, want)
-	}
+	l.expect(t, "join", "e1/1", "join", "e1/3", "e1/4")
 	if _, err := c.Presence(ctx10(t), "live:n"); err != nil {
 		t.Fatal(err)
 	}
@@ -241,15 +222,7 @@ func TestGapWithoutHistoryIsReported(t *testing.T) {
 // join again, so a gap in it is repaired by reading the room's history, not by a
 // leave and a join.
 func TestGapInServerJoinedRoomReadsHistory(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.connectRooms = []string{"news:auto"} })
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var sub *Subscription
-	eventually(t, "token room", func() bool { sub = c.Subscription("news:auto"); return sub != nil })
-	fs.publish("news:auto", jsonPayload("1"), nil)
-	recv(t, sub)
+	fs, _, fc, sub := startAtTokenRoom(t)
 	fs.record("news:auto", jsonPayload("lost"))
 	fs.publish("news:auto", jsonPayload("3"), nil)
 	if h := fc.expect(t, "history").GetHistory(); h.GetSince().GetEpoch() != "e1" || h.GetSince().GetOffset() != 1 {
@@ -273,13 +246,8 @@ func TestGapInServerJoinedRoomReadsHistory(t *testing.T) {
 // When the history read cannot go on from the last position (the owner crashed
 // and a new epoch started), the message after the gap is delivered after a report.
 func TestGapInServerJoinedRoomAfterRestartIsReported(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.connectRooms = []string{"news:auto"} })
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var sub *Subscription
-	eventually(t, "token room", func() bool { sub = c.Subscription("news:auto"); return sub != nil })
+	fs, c, fc := startConnected(t, withTokenRoom)
+	sub := tokenRoom(t, c)
 	fs.publish("news:auto", jsonPayload("1"), nil)
 	fs.publish("news:auto", jsonPayload("2"), nil)
 	recv(t, sub)
@@ -298,16 +266,8 @@ func TestGapInServerJoinedRoomAfterRestartIsReported(t *testing.T) {
 // A re-sync whose connection breaks is finished by the reconnect's re-join, which
 // recovers from the same position.
 func TestResyncInterruptedByReconnect(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var l streamLog
-	sub, err := c.Join(ctx10(t), "chat:i", l.options()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.expect(t, "join")
+	fs, c, fc := startConnected(t, nil)
+	sub, l := joinLogged(t, c, fc, "chat:i")
 	fs.publish("chat:i", jsonPayload("1"), nil)
 	l.waitFor(t, 2)
 	fs.record("chat:i", jsonPayload("lost"))
@@ -320,10 +280,7 @@ func TestResyncInterruptedByReconnect(t *testing.T) {
 	if rf := fc2.expect(t, "join").GetJoin().GetRecoverFrom(); rf.GetOffset() != 1 {
 		t.Fatalf("reconnect re-join recover_from = %v, want e1/1", rf)
 	}
-	want := []string{"join", "e1/1", "join", "e1/2", "e1/3"}
-	if got := l.waitFor(t, len(want)); !equal(got, want) {
-		t.Fatalf("delivered %v, want %v", got, want)
-	}
+	l.expect(t, "join", "e1/1", "join", "e1/2", "e1/3")
 	_, joins := l.snapshot()
 	if j := joins[1]; !j.Rejoin || j.Resync || !j.Recovered || j.Missed != 2 {
 		t.Errorf("reconnect re-join = %+v", j)
@@ -336,33 +293,19 @@ func TestResyncInterruptedByReconnect(t *testing.T) {
 // A gap across a handover (the stream went on in a new epoch) is recovered from the
 // position of the old epoch; a late message of the old epoch is a duplicate.
 func TestGapAcrossHandoverRecovers(t *testing.T) {
-	fs := newFakeServer(t)
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var l streamLog
-	sub, err := c.Join(ctx10(t), "chat:m", l.options()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.expect(t, "join")
+	fs, c, fc := startConnected(t, nil)
+	sub, l := joinLogged(t, c, fc, "chat:m")
 	fs.publish("chat:m", jsonPayload("1"), nil)
 	fs.publish("chat:m", jsonPayload("2"), nil)
 	l.waitFor(t, 3)
 	fs.record("chat:m", jsonPayload("lost")) // e1/3, dropped as stale after the move
 	fs.handOver("e2")
 	fs.publish("chat:m", jsonPayload("4"), nil) // e2/4: a jump from e1/2
-	fc.expect(t, "leave")
-	if rf := fc.expect(t, "join").GetJoin().GetRecoverFrom(); rf.GetEpoch() != "e1" || rf.GetOffset() != 2 {
-		t.Fatalf("re-join recover_from = %v, want e1/2", rf)
-	}
+	expectRejoin(t, fc, "e1", 2)
 	l.waitFor(t, 6)
 	fc.send(pushMsg("chat:m", "e1", 3)) // the old owner's late delivery
 	fs.publish("chat:m", jsonPayload("5"), nil)
-	want := []string{"join", "e1/1", "e1/2", "join", "e1/3", "e2/4", "e2/5"}
-	if got := l.waitFor(t, len(want)); !equal(got, want) {
-		t.Fatalf("delivered %v, want %v", got, want)
-	}
+	l.expect(t, "join", "e1/1", "e1/2", "join", "e1/3", "e2/4", "e2/5")
 	_, joins := l.snapshot()
 	if j := joins[1]; !j.Resync || !j.Recovered || j.Missed != 2 || j.Gap() {
 		t.Errorf("re-sync report = %+v", j)
@@ -375,23 +318,12 @@ func TestGapAcrossHandoverRecovers(t *testing.T) {
 // A token room's catch-up after a reconnect reads history from a position of the
 // epoch before a handover.
 func TestTokenRoomCatchesUpAcrossHandover(t *testing.T) {
-	fs := newFakeServer(t)
-	fs.set(func(fs *fakeServer) { fs.connectRooms = []string{"news:auto"} })
-	c := newClient(t, fs.url())
-	connect(t, c)
-	fc := fs.next(t)
-	var auto *Subscription
-	eventually(t, "token room", func() bool { auto = c.Subscription("news:auto"); return auto != nil })
-	fs.publish("news:auto", jsonPayload("1"), nil)
-	recv(t, auto)
-	fs.set(func(fs *fakeServer) { fs.refuse = true })
-	fc.cut()
-	eventually(t, "disconnect", func() bool { return c.State() != StateConnected })
-	fs.handOver("e2")
-	fs.publish("news:auto", jsonPayload("2"), nil)
-	fs.publish("news:auto", jsonPayload("3"), nil)
-	fs.set(func(fs *fakeServer) { fs.refuse = false })
-	fc2 := fs.next(t)
+	fs, c, fc, auto := startAtTokenRoom(t)
+	fc2 := fs.outage(t, c, fc.cut, func() {
+		fs.handOver("e2")
+		fs.publish("news:auto", jsonPayload("2"), nil)
+		fs.publish("news:auto", jsonPayload("3"), nil)
+	})
 	if h := fc2.expect(t, "history").GetHistory(); h.GetSince().GetEpoch() != "e1" || h.GetSince().GetOffset() != 1 {
 		t.Errorf("catch-up history since %v", h.GetSince())
 	}

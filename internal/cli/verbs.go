@@ -529,21 +529,17 @@ with the next --page-token is printed on stderr.`,
 			return withSession(cmd, false, func(ctx context.Context, s *session) error {
 				client := pb.NewControlServiceClient(s.cc)
 				merged := &pb.ListRoomsResponse{}
-				pageToken := token
-				for {
+				err := eachPage(token, all, func(pageToken string) (string, error) {
 					resp, err := client.ListRooms(ctx, &pb.ListRoomsRequest{Prefix: prefix, PageSize: pageSize, PageToken: pageToken})
 					if err != nil {
-						return err
+						return "", err
 					}
 					merged.Rooms = append(merged.Rooms, resp.GetRooms()...)
 					merged.NextPageToken = resp.GetNextPageToken()
-					if !all || resp.GetNextPageToken() == "" {
-						break
-					}
-					if resp.GetNextPageToken() == pageToken {
-						return &exitError{code: ExitServerError, msg: "server repeated the same page token"}
-					}
-					pageToken = resp.GetNextPageToken()
+					return resp.GetNextPageToken(), nil
+				})
+				if err != nil {
+					return err
 				}
 				if s.out.json {
 					return s.out.proto(merged)
@@ -586,20 +582,16 @@ func nodesCmd() *cobra.Command {
 			return withSession(cmd, false, func(ctx context.Context, s *session) error {
 				client := pb.NewControlServiceClient(s.cc)
 				merged := &pb.ListNodesResponse{}
-				pageToken := ""
-				for {
+				err := eachPage("", true, func(pageToken string) (string, error) {
 					resp, err := client.ListNodes(ctx, &pb.ListNodesRequest{PageToken: pageToken})
 					if err != nil {
-						return err
+						return "", err
 					}
 					merged.Nodes = append(merged.Nodes, resp.GetNodes()...)
-					if resp.GetNextPageToken() == "" {
-						break
-					}
-					if resp.GetNextPageToken() == pageToken {
-						return &exitError{code: ExitServerError, msg: "server repeated the same page token"}
-					}
-					pageToken = resp.GetNextPageToken()
+					return resp.GetNextPageToken(), nil
+				})
+				if err != nil {
+					return err
 				}
 				if s.out.json {
 					return s.out.proto(merged)
@@ -615,6 +607,26 @@ func nodesCmd() *cobra.Command {
 				return s.out.table([]string{"NAME", "STATE", "CLIENT", "CONTROL", "VERSION", "CONNECTIONS", "ROOMS", "SHARDS", "STARTED"}, rows)
 			})
 		},
+	}
+}
+
+// eachPage calls page with token, then with each next-page token it returns, until
+// a page has no next token; with all false it stops after the first page. A server
+// that hands back the token it was just given would make the loop endless, so that
+// is a server error.
+func eachPage(token string, all bool, page func(token string) (next string, err error)) error {
+	for {
+		next, err := page(token)
+		if err != nil {
+			return err
+		}
+		if !all || next == "" {
+			return nil
+		}
+		if next == token {
+			return &exitError{code: ExitServerError, msg: "server repeated the same page token"}
+		}
+		token = next
 	}
 }
 

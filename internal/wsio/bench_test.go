@@ -24,91 +24,117 @@ type nopHandler struct{}
 func (nopHandler) OnMessage(*Conn, bool, []byte) {}
 func (nopHandler) OnClose(*Conn, error)          {}
 
+// fanoutRig is n WebSocket clients of one Server, each draining and counting
+// what it is sent: done gets a value when the count across all clients reaches
+// want. b.Cleanup closes the clients, waits for their readers, then closes the
+// Server and the HTTP server.
+type fanoutRig struct {
+	server    []*Conn // the server side of each connection
+	got, want atomic.Int64
+	done      chan struct{}
+}
+
+func newFanoutRig(b *testing.B, cfg Config, n int) *fanoutRig {
+	b.Helper()
+	s, err := NewServer(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	conns := make(chan *Conn, n)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := s.Upgrade(w, r, nil, nil)
+		if err != nil {
+			return
+		}
+		if err := c.Start(nopHandler{}); err == nil {
+			conns <- c
+		}
+	}))
+	b.Cleanup(hs.Close)
+	b.Cleanup(func() { _ = s.Close() })
+	url := "ws" + strings.TrimPrefix(hs.URL, "http")
+
+	rig := &fanoutRig{done: make(chan struct{}, 1)}
+	rig.want.Store(-1)
+	var wg sync.WaitGroup
+	clients := make([]*websocket.Conn, 0, n)
+	b.Cleanup(func() {
+		for _, ws := range clients {
+			ws.Close()
+		}
+		wg.Wait()
+	})
+	for range n {
+		ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		clients = append(clients, ws)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				_, r, err := ws.NextReader()
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, r)
+				if rig.got.Add(1) == rig.want.Load() {
+					rig.done <- struct{}{}
+				}
+			}
+		}()
+	}
+	rig.server = make([]*Conn, 0, n)
+	for range n {
+		rig.server = append(rig.server, <-conns)
+	}
+	return rig
+}
+
+// sendAll sends one Message of payload to every connection.
+func (rig *fanoutRig) sendAll(b *testing.B, payload []byte) {
+	m, err := NewMessage(true, payload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range rig.server {
+		if err := c.Send(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// wait returns once the clients have received want messages in all, failing
+// after a generous bound.
+func (rig *fanoutRig) wait(b *testing.B) {
+	select {
+	case <-rig.done:
+	case <-time.After(time.Minute):
+		b.Fatalf("delivered %d of %d", rig.got.Load(), rig.want.Load())
+	}
+}
+
 // BenchmarkFanout sends one Message to 1000 connections per iteration and reports
 // the server-side cost per delivery (receivers share the CPU: it is an upper bound).
 func BenchmarkFanout(b *testing.B) {
 	for _, mode := range modes {
 		b.Run(mode.String(), func(b *testing.B) {
 			const n = 1000
-			cfg := Config{Mode: mode, MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30}
-			s, err := NewServer(cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			conns := make(chan *Conn, n)
-			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				c, err := s.Upgrade(w, r, nil, nil)
-				if err != nil {
-					return
-				}
-				if err := c.Start(nopHandler{}); err == nil {
-					conns <- c
-				}
-			}))
-			defer hs.Close()
-			defer s.Close()
-			url := "ws" + strings.TrimPrefix(hs.URL, "http")
-
-			var got atomic.Int64
-			var want atomic.Int64
-			want.Store(-1)
-			done := make(chan struct{}, 1)
-			var wg sync.WaitGroup
-			clients := make([]*websocket.Conn, 0, n)
-			for range n {
-				ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				clients = append(clients, ws)
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for {
-						_, r, err := ws.NextReader()
-						if err != nil {
-							return
-						}
-						_, _ = io.Copy(io.Discard, r)
-						if got.Add(1) == want.Load() {
-							done <- struct{}{}
-						}
-					}
-				}()
-			}
-			server := make([]*Conn, 0, n)
-			for range n {
-				server = append(server, <-conns)
-			}
+			rig := newFanoutRig(b, Config{Mode: mode, MaxQueueMessages: 1 << 20, MaxQueueBytes: 1 << 30}, n)
 			payload := bytes.Repeat([]byte("x"), 64)
 
 			b.ResetTimer()
-			want.Store(int64(b.N) * n)
+			rig.want.Store(int64(b.N) * n)
 			start := time.Now()
 			for range b.N {
-				m, err := NewMessage(true, payload)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, c := range server {
-					if err := c.Send(m); err != nil {
-						b.Fatal(err)
-					}
-				}
+				rig.sendAll(b, payload)
 			}
-			select {
-			case <-done:
-			case <-time.After(time.Minute):
-				b.Fatalf("delivered %d of %d", got.Load(), want.Load())
-			}
+			rig.wait(b)
 			el := time.Since(start)
 			b.StopTimer()
 			b.ReportMetric(float64(el.Nanoseconds())/float64(int64(b.N)*n), "ns/delivery")
 			b.ReportMetric(float64(int64(b.N)*n)/el.Seconds(), "deliveries/s")
-			for _, ws := range clients {
-				ws.Close()
-			}
-			wg.Wait()
 		})
 	}
 }
@@ -123,74 +149,16 @@ func BenchmarkFanoutSweep(b *testing.B) {
 	for _, mode := range modes {
 		b.Run(mode.String(), func(b *testing.B) {
 			const n = 1000
-			s, err := NewServer(Config{Mode: mode})
-			if err != nil {
-				b.Fatal(err)
-			}
-			conns := make(chan *Conn, n)
-			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				c, err := s.Upgrade(w, r, nil, nil)
-				if err != nil {
-					return
-				}
-				if err := c.Start(nopHandler{}); err == nil {
-					conns <- c
-				}
-			}))
-			defer hs.Close()
-			defer s.Close()
-			url := "ws" + strings.TrimPrefix(hs.URL, "http")
-			var got, want atomic.Int64
-			want.Store(-1)
-			done := make(chan struct{}, 1)
-			var wg sync.WaitGroup
-			clients := make([]*websocket.Conn, 0, n)
-			for range n {
-				ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				clients = append(clients, ws)
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for {
-						_, r, err := ws.NextReader()
-						if err != nil {
-							return
-						}
-						_, _ = io.Copy(io.Discard, r)
-						if got.Add(1) == want.Load() {
-							done <- struct{}{}
-						}
-					}
-				}()
-			}
-			server := make([]*Conn, 0, n)
-			for range n {
-				server = append(server, <-conns)
-			}
+			rig := newFanoutRig(b, Config{Mode: mode}, n)
 			payload := bytes.Repeat([]byte("x"), 64)
 			sweeps := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
 			began, cpu := time.Now(), processCPU()
 			for i := range b.N {
-				want.Store(int64(i+1) * n)
+				rig.want.Store(int64(i+1) * n)
 				start := time.Now()
-				m, err := NewMessage(true, payload)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, c := range server {
-					if err := c.Send(m); err != nil {
-						b.Fatal(err)
-					}
-				}
-				select {
-				case <-done:
-				case <-time.After(time.Minute):
-					b.Fatalf("delivered %d of %d", got.Load(), want.Load())
-				}
+				rig.sendAll(b, payload)
+				rig.wait(b)
 				sweeps = append(sweeps, time.Since(start))
 			}
 			el, cpu := time.Since(began), processCPU()-cpu
@@ -200,10 +168,6 @@ func BenchmarkFanoutSweep(b *testing.B) {
 			b.ReportMetric(float64(cpu.Nanoseconds())/float64(int64(b.N)*n), "cpu-ns/delivery")
 			b.ReportMetric(float64(sweeps[len(sweeps)/2].Microseconds()), "p50-µs/sweep")
 			b.ReportMetric(float64(sweeps[len(sweeps)*99/100].Microseconds()), "p99-µs/sweep")
-			for _, ws := range clients {
-				ws.Close()
-			}
-			wg.Wait()
 		})
 	}
 }

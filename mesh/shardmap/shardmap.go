@@ -510,14 +510,8 @@ var errIsolated = errors.New("shardmap: gossip admits none of the registered nod
 // ends, a write fails its leadership guard, or the leader finds itself isolated.
 func (s *ShardMap) lead(ctx context.Context, el *concurrency.Election) error {
 	guard := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
-	wctx, cancel := context.WithCancel(ctx)
-	nodes := registry.Watch(wctx, s.cfg.Client, s.cfg.Cluster)
-	defer func() {
-		// The watch must not outlive this leadership (the campaigner may run again).
-		cancel()
-		for range nodes {
-		}
-	}()
+	w := s.watchNodes(ctx)
+	defer w.close()
 	adm := newAdmission(s.cfg.ID, s.cfg.Admitted, s.Current(), time.Now().Add(s.cfg.AdmitGrace))
 	var tick <-chan time.Time
 	if s.cfg.Admitted != nil {
@@ -526,45 +520,23 @@ func (s *ShardMap) lead(ctx context.Context, el *concurrency.Election) error {
 		tick = t.C
 	}
 	var (
-		live          []registry.Node
-		listed        bool
 		last          string // signature of the last rebalanced node set
 		wrote         bool
 		isolatedSince time.Time
 	)
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case l, ok := <-nodes:
-			if !ok {
-				return ctx.Err()
-			}
-			live, listed = l, true
-		case <-s.recheck:
-		case <-tick:
+		if err := w.wait(ctx, tick); err != nil {
+			return err
 		}
 		// Let simultaneous changes settle into one write.
-		t := time.NewTimer(s.cfg.Settle)
-	settle:
-		for {
-			select {
-			case l, ok := <-nodes:
-				if !ok {
-					t.Stop()
-					return ctx.Err()
-				}
-				live, listed = l, true
-			case <-s.recheck:
-			case <-t.C:
-				break settle
-			}
+		if err := w.settle(ctx, s.cfg.Settle); err != nil {
+			return err
 		}
-		if !listed {
+		if !w.listed {
 			continue
 		}
 		now := time.Now()
-		eligible, isolated := adm.filter(live, now)
+		eligible, isolated := adm.filter(w.live, now)
 		switch {
 		case !isolated:
 			isolatedSince = time.Time{}
@@ -591,38 +563,93 @@ func (s *ShardMap) awaitAdmission(ctx context.Context) error {
 	if s.cfg.Admitted == nil {
 		return nil
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	nodes := registry.Watch(wctx, s.cfg.Client, s.cfg.Cluster)
-	defer func() {
-		cancel()
-		for range nodes { // wait for the watch to end
-		}
-	}()
+	w := s.watchNodes(ctx)
+	defer w.close()
 	tick := time.NewTicker(s.cfg.AdmitInterval)
 	defer tick.Stop()
-	var live []registry.Node
-	listed, logged := false, false
+	logged := false
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case l, ok := <-nodes:
-			if !ok {
-				return ctx.Err()
-			}
-			live, listed = l, true
-		case <-s.recheck:
-		case <-tick.C:
+		if err := w.wait(ctx, tick.C); err != nil {
+			return err
 		}
-		if !listed {
+		if !w.listed {
 			continue
 		}
-		if seesCluster(s.cfg.ID, live, s.cfg.Admitted) {
+		if seesCluster(s.cfg.ID, w.live, s.cfg.Admitted) {
 			return nil
 		}
 		if !logged {
-			s.log.Warn("shardmap: gossip admits none of the registered nodes; not running for leader", "registered", len(live))
+			s.log.Warn("shardmap: gossip admits none of the registered nodes; not running for leader", "registered", len(w.live))
 			logged = true
+		}
+	}
+}
+
+// nodeWatch follows the registered nodes for one loop, the leader's or the
+// candidate's, and is used by that loop's goroutine only.
+type nodeWatch struct {
+	nodes   <-chan []registry.Node
+	cancel  context.CancelFunc
+	recheck <-chan struct{}
+	live    []registry.Node // the latest list of registered nodes
+	listed  bool            // whether a list has come yet
+}
+
+func (s *ShardMap) watchNodes(ctx context.Context) *nodeWatch {
+	wctx, cancel := context.WithCancel(ctx)
+	return &nodeWatch{nodes: registry.Watch(wctx, s.cfg.Client, s.cfg.Cluster), cancel: cancel, recheck: s.recheck}
+}
+
+// close ends the watch and waits for its goroutine: a watch must not outlive its
+// loop (the campaigner may run again).
+func (w *nodeWatch) close() {
+	w.cancel()
+	for range w.nodes {
+	}
+}
+
+// wait returns when something may have changed the loop's verdict: a new node
+// list, a Recheck, or a tick (a nil tick never fires). It fails once ctx ends or
+// the watch closes.
+func (w *nodeWatch) wait(ctx context.Context, tick <-chan time.Time) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case l, ok := <-w.nodes:
+		if !ok {
+			return w.ended(ctx)
+		}
+		w.live, w.listed = l, true
+	case <-w.recheck:
+	case <-tick:
+	}
+	return nil
+}
+
+// ended is the error of a closed watch: ctx's (the watch closes only once its
+// context ends), never nil, so a loop cannot spin on a closed channel.
+func (w *nodeWatch) ended(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.New("shardmap: node watch ended")
+}
+
+// settle takes in node lists and Rechecks for d, so that simultaneous changes
+// make one decision. It fails once the watch closes.
+func (w *nodeWatch) settle(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case l, ok := <-w.nodes:
+			if !ok {
+				return w.ended(ctx)
+			}
+			w.live, w.listed = l, true
+		case <-w.recheck:
+		case <-t.C:
+			return nil
 		}
 	}
 }
