@@ -15,6 +15,7 @@ import (
 
 	"github.com/roomcast/roomcast/fabric"
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
+	"github.com/roomcast/roomcast/internal/pbconv"
 )
 
 // payloadIn converts a request payload to the fabric form. A json Value becomes
@@ -104,27 +105,14 @@ func messageOut(m *fabric.Message) (*pb.RoomMessage, error) {
 }
 
 func eventOut(ev *fabric.Event) (*pb.Event, error) {
-	out := &pb.Event{
-		Type:       pb.EventType(ev.Type),
-		Node:       ev.Node,
-		Connection: ev.Conn,
-		User:       ev.User,
-		Room:       ev.Room,
-		Code:       uint32(ev.Code),
-		Reason:     ev.Reason,
-		Missed:     ev.Missed,
-	}
-	if !ev.Time.IsZero() {
-		out.Time = timestamppb.New(ev.Time)
-	}
+	var p *pb.Payload
 	if ev.Payload != nil {
-		p, err := payloadOut(*ev.Payload)
-		if err != nil {
+		var err error
+		if p, err = payloadOut(*ev.Payload); err != nil {
 			return nil, err
 		}
-		out.Payload = p
 	}
-	return out, nil
+	return pbconv.Event(ev, p), nil
 }
 
 func nodeOut(n fabric.NodeInfo) *pb.NodeInfo {

@@ -8,11 +8,11 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/roomcast/roomcast/fabric"
 	meshv1 "github.com/roomcast/roomcast/gen/roomcast/mesh/v1"
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
+	"github.com/roomcast/roomcast/internal/pbconv"
 )
 
 // Conversions between fabric values and their mesh.v1 wire form. JSON payloads
@@ -142,23 +142,11 @@ func memberFromWire(m *pb.Member) fabric.Member {
 }
 
 func eventToWire(ev *fabric.Event) *pb.Event {
-	out := &pb.Event{
-		Type:       pb.EventType(ev.Type),
-		Node:       ev.Node,
-		Connection: ev.Conn,
-		User:       ev.User,
-		Room:       ev.Room,
-		Code:       uint32(ev.Code),
-		Reason:     ev.Reason,
-		Missed:     ev.Missed,
-	}
-	if !ev.Time.IsZero() {
-		out.Time = timestamppb.New(ev.Time)
-	}
+	var p *pb.Payload
 	if ev.Payload != nil {
-		out.Payload = payloadToWire(*ev.Payload)
+		p = payloadToWire(*ev.Payload)
 	}
-	return out
+	return pbconv.Event(ev, p)
 }
 
 func eventFromWire(ev *pb.Event) fabric.Event {
