@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/roomcast/roomcast/fabric"
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
 )
