@@ -145,11 +145,22 @@ func BenchmarkFanout(b *testing.B) {
 // reports ns per delivery and the sweep time (first Send to last receipt) at p50 and
 // p99: the floor under publish→deliver latency for a room that size. Clients share
 // the CPU, so both are upper bounds; compare runs made on the same machine.
+//
+// "unbatched" is the epoll mode with WriteBatching off: one write(2) per socket
+// instead of io_uring submissions.
 func BenchmarkFanoutSweep(b *testing.B) {
-	for _, mode := range modes {
-		b.Run(mode.String(), func(b *testing.B) {
+	variants := []struct {
+		name string
+		cfg  Config
+	}{
+		{"epoll", Config{Mode: ModeEpoll}},
+		{"unbatched", Config{Mode: ModeEpoll, WriteBatching: BatchOff}},
+		{"goroutine", Config{Mode: ModeGoroutine}},
+	}
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
 			const n = 1000
-			rig := newFanoutRig(b, Config{Mode: mode}, n)
+			rig := newFanoutRig(b, v.cfg, n)
 			payload := bytes.Repeat([]byte("x"), 64)
 			sweeps := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
