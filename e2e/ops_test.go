@@ -67,6 +67,7 @@ func TestAdminEndpoints(t *testing.T) {
 		"roomcast_messages_out_total", "roomcast_bytes_out_total", "roomcast_rooms",
 		"roomcast_publish_enqueue_seconds_bucket", "roomcast_commands_total",
 		"grpc_server_handled_total", "go_goroutines",
+		"roomcast_wsio_socket_writes_total", "roomcast_wsio_write_batches_total",
 	} {
 		if !strings.Contains(metrics, name) {
 			t.Errorf("/metrics lacks %q", name)

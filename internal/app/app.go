@@ -206,6 +206,7 @@ func (a *App) build() error {
 			MaxQueueMessages: cfg.MaxQueueMessages,
 			Workers:          cfg.Workers,
 			Logger:           a.log,
+			Registerer:       a.reg,
 		},
 		AllowedOrigins:  cfg.AllowedOrigins,
 		AuthTimeout:     cfg.AuthTimeout,
