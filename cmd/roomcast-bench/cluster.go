@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -31,8 +33,8 @@ type clusterNode struct {
 // startLocalCluster starts a cluster of n `roomcast node` processes on one embedded
 // etcd (this binary re-executed as `roomcast-bench etcd`, so its CPU and memory count
 // as the server's), on free 127.0.0.1 ports, and waits until every node is ready and
-// owns shards.
-func startLocalCluster(ctx context.Context, bin string, n, queue int, extra []string, logf *os.File) (*localServer, error) {
+// owns shards. With procs > 0 every node runs with GOMAXPROCS=procs.
+func startLocalCluster(ctx context.Context, bin string, n, procs, queue int, extra []string, logf *os.File) (*localServer, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -71,6 +73,9 @@ func startLocalCluster(ctx context.Context, bin string, n, queue int, extra []st
 		args = append(args, extra...)
 		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
+		if procs > 0 {
+			cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(procs))
+		}
 		p, err := startProc(cmd)
 		if err != nil {
 			s.stop()
@@ -213,6 +218,17 @@ func roomOwners(ctx context.Context, p pubSpec, prefix string) (map[string]int, 
 			return out, nil
 		}
 	}
+}
+
+// nodeProcs resolves --node-procs: -1 shares the machine's cores among n nodes
+// (several nodes on one host each get their share, as a per-node container CPU
+// limit gives them with Go's cgroup-aware default; without it each node would
+// schedule on every core and the nodes would oversubscribe the machine).
+func nodeProcs(flag, n int) int {
+	if flag >= 0 {
+		return flag
+	}
+	return max(1, runtime.NumCPU()/max(n, 1))
 }
 
 // etcdCommand runs a single-member etcd (the same embedded etcd as `roomcast dev`) until

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -210,5 +211,21 @@ func TestRecoverAccounting(t *testing.T) {
 	tot, _, dh := mergeSDK(reps)
 	if tot.Clients != 6 || tot.Marked != 3 || tot.Done != 2 || tot.Lost != 2 || tot.Dups != 1 || dh.TotalCount() != 2 {
 		t.Fatalf("merged %+v, %d recover samples", tot, dh.TotalCount())
+	}
+}
+
+func TestNodeProcs(t *testing.T) {
+	if got := nodeProcs(0, 3); got != 0 {
+		t.Errorf("0 (Go's default) became %d", got)
+	}
+	if got := nodeProcs(4, 3); got != 4 {
+		t.Errorf("an explicit 4 became %d", got)
+	}
+	want := max(1, runtime.NumCPU()/3)
+	if got := nodeProcs(-1, 3); got != want {
+		t.Errorf("auto for 3 nodes = %d, want %d", got, want)
+	}
+	if got := nodeProcs(-1, 1000); got != 1 {
+		t.Errorf("auto for 1000 nodes = %d, want 1", got)
 	}
 }

@@ -28,6 +28,7 @@ type runOptions struct {
 	url, control, controlToken, secret string
 	sioURL                             string
 	nodes                              int      // --local cluster size
+	nodeProcs                          int      // --local cluster: GOMAXPROCS per node (-1: cores ÷ nodes)
 	clusterURLs, clusterControls       []string // a running cluster
 	sio2URLs                           []string // running Socket.IO nodes sharing Redis
 	pprofDir                           string
@@ -98,6 +99,7 @@ running servers with --url/--control/--control-token/--secret (roomcast) or
 	f.StringVar(&o.secret, "secret", os.Getenv("ROOMCAST_JWT_SECRET"), "HS256 secret the node trusts, to mint client tokens (env ROOMCAST_JWT_SECRET)")
 	f.StringVar(&o.sioURL, "socketio-url", "http://127.0.0.1:3000", "Socket.IO adapter server base URL")
 	f.IntVar(&o.nodes, "nodes", 3, "--local cluster: roomcast nodes to start")
+	f.IntVar(&o.nodeProcs, "node-procs", -1, "--local cluster: GOMAXPROCS of each node; -1: the cores divided among the nodes (at least 1), as a per-node container CPU limit would give; 0: Go's default (every node schedules on every core)")
 	f.StringSliceVar(&o.clusterURLs, "cluster-url", nil, "a running cluster: every node's WebSocket URL")
 	f.StringSliceVar(&o.clusterControls, "cluster-control", nil, "a running cluster: every node's control API address, in the same order")
 	f.StringSliceVar(&o.sio2URLs, "socketio2-url", nil, "running Socket.IO adapter servers sharing one Redis (target socketio2)")
@@ -211,7 +213,7 @@ func (o *runOptions) runTarget(ctx context.Context, target string, progress io.W
 			if target == targetRoomcast {
 				srv, err = startLocalRoomcast(ctx, bin, o.queue, o.nodeArgs, logf)
 			} else {
-				srv, err = startLocalCluster(ctx, bin, o.nodes, o.queue, o.nodeArgs, logf)
+				srv, err = startLocalCluster(ctx, bin, o.nodes, nodeProcs(o.nodeProcs, o.nodes), o.queue, o.nodeArgs, logf)
 			}
 			if err != nil {
 				return nil, err
