@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
@@ -60,6 +59,8 @@ type dialSpec struct {
 	URLs    []string `json:"urls,omitempty"`
 	Secret  string   `json:"secret"`  // roomcast: HS256 secret to mint client tokens
 	Sources int      `json:"sources"` // spread over 127.0.0.1..127.0.0.N source addresses
+	// RxBatchWait is the receive engine's batch wait (rxConfig.BatchWait); 0 is off.
+	RxBatchWait time.Duration `json:"rx_batch_wait,omitempty"`
 }
 
 // urlFor is the URL connection i dials.
@@ -70,130 +71,124 @@ func (d dialSpec) urlFor(i int) string {
 	return d.URL
 }
 
-// dialer returns a WebSocket dialer bound to source address 127.0.0.(1+i%sources), so
-// many connections do not exhaust one address's ephemeral ports.
-func (d dialSpec) dialer(i int) *websocket.Dialer {
-	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%max(d.Sources, 1)))}
-	nd := &net.Dialer{LocalAddr: src, Timeout: 15 * time.Second}
-	return &websocket.Dialer{
-		NetDialContext:   nd.DialContext,
-		HandshakeTimeout: 15 * time.Second,
-		ReadBufferSize:   2048,
-		WriteBufferSize:  512,
-	}
+// source is the source address of connection i: 127.0.0.(1+i%sources), so many
+// connections do not exhaust one address's ephemeral ports.
+func (d dialSpec) source(i int) net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%max(d.Sources, 1)))}
 }
 
-// connect opens connection i as user, joined to rooms, and returns it ready to read
-// deliveries.
-func (d dialSpec) connect(ctx context.Context, i int, user string, rooms []string) (*websocket.Conn, error) {
+// setup opens connection i as user, joined to rooms, on a raw TCP connection (see
+// rxdial.go), and returns it ready to hand to the receive engine: every byte read past
+// the last reply is kept in its stream state.
+func (d dialSpec) setup(ctx context.Context, i int, user string, rooms []string) (*rxSetup, error) {
+	var s *rxSetup
+	var err error
 	switch d.Target {
 	case targetRoomcast:
-		return d.connectRoomcast(ctx, i, user, rooms)
+		s, err = dialRaw(ctx, d.urlFor(i), d.source(i), roomcastSubprotocol, targetRoomcast)
 	case targetSocketIO:
-		return d.connectSocketIO(ctx, i, rooms)
+		u := strings.TrimSuffix(d.urlFor(i), "/") + "/socket.io/?EIO=4&transport=websocket"
+		s, err = dialRaw(ctx, u, d.source(i), "", targetSocketIO)
+	default:
+		return nil, fmt.Errorf("unknown target %q", d.Target)
 	}
-	return nil, fmt.Errorf("unknown target %q", d.Target)
+	if err != nil {
+		return nil, err
+	}
+	if d.Target == targetRoomcast {
+		err = setupRoomcast(s, d.Secret, user, rooms)
+	} else {
+		err = setupSocketIO(s, rooms)
+	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		s.abort()
+		return nil, err
+	}
+	return s, nil
 }
 
-func (d dialSpec) connectRoomcast(ctx context.Context, i int, user string, rooms []string) (*websocket.Conn, error) {
-	tok, err := app.DevToken(d.Secret, user, 12*time.Hour)
+// roomcastSubprotocol is the roomcast client protocol in JSON.
+const roomcastSubprotocol = "roomcast.v1.json"
+
+// setupRoomcast connects with a token minted for user and joins rooms, one command at a
+// time, each awaited.
+func setupRoomcast(s *rxSetup, secret, user string, rooms []string) error {
+	tok, err := app.DevToken(secret, user, 12*time.Hour)
 	if err != nil {
-		return nil, err
-	}
-	c, _, err := d.dialer(i).DialContext(ctx, d.urlFor(i), nil)
-	if err != nil {
-		return nil, err
+		return err
 	}
 	cmds := []*pb.ClientCommand{{Id: 1, Command: &pb.ClientCommand_Connect{Connect: &pb.ConnectCommand{Token: tok, Client: "roomcast-bench"}}}}
 	for k, r := range rooms {
 		cmds = append(cmds, &pb.ClientCommand{Id: uint32(k + 2), Command: &pb.ClientCommand_Join{Join: &pb.JoinCommand{Room: r}}})
 	}
-	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for _, cmd := range cmds {
 		b, _ := protojson.Marshal(cmd)
-		if err := c.WriteMessage(websocket.TextMessage, b); err != nil {
-			c.Close()
-			return nil, err
-		}
-		if err := awaitReply(c, cmd.GetId()); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	_ = c.SetReadDeadline(time.Time{})
-	return c, nil
-}
-
-func awaitReply(c *websocket.Conn, id uint32) error {
-	for {
-		_, data, err := c.ReadMessage()
-		if err != nil {
+		if err := s.send(b); err != nil {
 			return err
 		}
+		if err := s.await(replyTo(cmd.GetId())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replyTo matches the server's reply to command id (an error reply fails).
+func replyTo(id uint32) func([]byte) (bool, error) {
+	return func(data []byte) (bool, error) {
 		var m pb.ServerMessage
 		if err := protojson.Unmarshal(data, &m); err != nil {
-			return err
+			return false, err
 		}
 		if m.GetId() != id {
-			continue
+			return false, nil
 		}
 		if e := m.GetError(); e != nil {
-			return fmt.Errorf("command %d: %s (%d)", id, e.GetMessage(), e.GetCode())
+			return false, fmt.Errorf("command %d: %s (%d)", id, e.GetMessage(), e.GetCode())
 		}
-		return nil
+		return true, nil
 	}
 }
 
-// connectSocketIO speaks Engine.IO 4 / Socket.IO 5 over the WebSocket transport: open
+// setupSocketIO speaks Engine.IO 4 / Socket.IO 5 over the WebSocket transport: open
 // packet, namespace connect, then one acknowledged "join" event per room.
-func (d dialSpec) connectSocketIO(ctx context.Context, i int, rooms []string) (*websocket.Conn, error) {
-	u := strings.TrimSuffix(strings.Replace(d.urlFor(i), "http", "ws", 1), "/") + "/socket.io/?EIO=4&transport=websocket"
-	c, _, err := d.dialer(i).DialContext(ctx, u, nil)
-	if err != nil {
-		return nil, err
+func setupSocketIO(s *rxSetup, rooms []string) error {
+	if err := s.await(sioPacket("0")); err != nil {
+		return err
 	}
-	fail := func(err error) (*websocket.Conn, error) { c.Close(); return nil, err }
-	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if _, err := awaitSIO(c, "0"); err != nil {
-		return fail(err)
+	if err := s.send([]byte("40")); err != nil {
+		return err
 	}
-	if err := c.WriteMessage(websocket.TextMessage, []byte("40")); err != nil {
-		return fail(err)
-	}
-	if _, err := awaitSIO(c, "40"); err != nil {
-		return fail(err)
+	if err := s.await(sioPacket("40")); err != nil {
+		return err
 	}
 	for k, r := range rooms {
 		room, _ := json.Marshal(r)
 		id := strconv.Itoa(k + 1)
-		if err := c.WriteMessage(websocket.TextMessage, []byte(`42`+id+`["join",`+string(room)+`]`)); err != nil {
-			return fail(err)
+		if err := s.send([]byte(`42` + id + `["join",` + string(room) + `]`)); err != nil {
+			return err
 		}
-		if _, err := awaitSIO(c, "43"+id+"["); err != nil {
-			return fail(err)
+		if err := s.await(sioPacket("43" + id + "[")); err != nil {
+			return err
 		}
 	}
-	_ = c.SetReadDeadline(time.Time{})
-	return c, nil
+	return nil
 }
 
-// awaitSIO reads until a packet starting with prefix arrives, answering pings.
-func awaitSIO(c *websocket.Conn, prefix string) ([]byte, error) {
-	for {
-		_, data, err := c.ReadMessage()
-		if err != nil {
-			return nil, err
-		}
+// sioPacket matches a packet starting with prefix; a connect error or an Engine.IO
+// close fails.
+func sioPacket(prefix string) func([]byte) (bool, error) {
+	return func(data []byte) (bool, error) {
 		if bytes.HasPrefix(data, []byte(prefix)) {
-			return data, nil
-		}
-		if reply := pingReply(targetSocketIO, data); reply != nil {
-			_ = c.WriteMessage(websocket.TextMessage, reply)
-			continue
+			return true, nil
 		}
 		if bytes.HasPrefix(data, []byte("44")) || bytes.HasPrefix(data, []byte("1")) {
-			return nil, fmt.Errorf("socket.io refused: %s", data)
+			return false, fmt.Errorf("socket.io refused: %s", data)
 		}
+		return false, nil
 	}
 }
 
@@ -204,7 +199,7 @@ var (
 )
 
 // pingReply returns the answer to an app-level ping frame, or nil when frame is none.
-// (WebSocket-level pings are answered by gorilla itself.)
+// (WebSocket-level pings are answered by the receive engine and the setup.)
 func pingReply(target string, frame []byte) []byte {
 	switch target {
 	case targetRoomcast:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/gorilla/websocket"
+	"golang.org/x/sys/unix"
 )
 
 // The coordinator drives its worker processes (`roomcast-bench worker`) with one JSON
@@ -78,25 +77,25 @@ type workerReply struct {
 	SDK       *sdkReport             `json:"sdk,omitempty"`
 }
 
-// worker holds connections and accounts their deliveries. Every connection has one
-// reader goroutine, owned by the worker and ended by closing the connection.
+// worker holds connections and accounts their deliveries. Once set up, connections are
+// read by the receive engine (rx.go), which the worker starts at its first connection
+// and stops in closeAll (ending its goroutines).
 type worker struct {
 	tally   *tally
 	alive   atomic.Int64
 	dropped atomic.Int64
-	readers sync.WaitGroup
 
 	mu    sync.Mutex
 	dial  dialSpec
+	rx    *rxEngine
 	conns []*wconn // held, oldest first (churn replaces from the front)
 	sdk   *sdkSet  // the recover scenario's SDK clients; nil until it starts them
 }
 
 type wconn struct {
-	id      int
-	spec    connSpec
-	c       *websocket.Conn
-	closing atomic.Bool
+	spec connSpec
+	rx   *rxEngine
+	c    *rxConn
 }
 
 // workerMain serves requests from in until it is closed, then closes every connection.
@@ -228,54 +227,35 @@ func (w *worker) connect(ctx context.Context, specs []connSpec, parallel int) wo
 	return st
 }
 
-// open dials one connection and starts its reader.
+// open sets up one connection and hands it to the receive engine, which accounts
+// every bench message it receives and answers pings.
 func (w *worker) open(ctx context.Context, s connSpec) error {
 	w.mu.Lock()
 	d := w.dial
 	w.mu.Unlock()
-	c, err := d.connect(ctx, s.ID, s.User, s.Rooms)
+	setup, err := d.setup(ctx, s.ID, s.User, s.Rooms)
 	if err != nil {
 		return err
 	}
-	wc := &wconn{id: s.ID, spec: s, c: c}
+	fd, err := setup.detach()
+	if err != nil {
+		return err
+	}
+	c := newRxConn(s.ID, d.Target, fd, setup.in)
 	w.mu.Lock()
-	w.conns = append(w.conns, wc)
-	w.mu.Unlock()
-	w.alive.Add(1)
-	w.readers.Add(1)
-	go w.read(wc, d.Target)
-	return nil
-}
-
-// read accounts every bench message the connection receives and answers app pings. It
-// is the connection's only writer after connect.
-func (w *worker) read(wc *wconn, target string) {
-	defer w.readers.Done()
-	defer w.alive.Add(-1)
-	seen := roomSeq{}
-	var buf bytes.Buffer
-	for {
-		_, r, err := wc.c.NextReader()
-		if err != nil {
-			if !wc.closing.Load() {
-				w.dropped.Add(1)
-			}
-			_ = wc.c.Close()
-			return
-		}
-		buf.Reset()
-		if _, err := buf.ReadFrom(r); err != nil {
-			continue // the next NextReader reports the broken connection
-		}
-		frame := buf.Bytes()
-		if reply := pingReply(target, frame); reply != nil {
-			_ = wc.c.WriteMessage(websocket.TextMessage, reply)
-			continue
-		}
-		if s, ok := parseStamp(frame); ok {
-			w.tally.observe(wc.id, seen, s, time.Now().UnixMicro())
+	defer w.mu.Unlock()
+	if w.rx == nil {
+		if w.rx, err = newRxEngine(rxConfig{BatchWait: d.RxBatchWait, Tally: w.tally, Alive: &w.alive, Dropped: &w.dropped}); err != nil {
+			_ = unix.Close(fd)
+			return err
 		}
 	}
+	if err := w.rx.add(c); err != nil {
+		_ = unix.Close(fd)
+		return err
+	}
+	w.conns = append(w.conns, &wconn{spec: s, rx: w.rx, c: c})
+	return nil
 }
 
 func (w *worker) closeSDK() {
@@ -288,16 +268,15 @@ func (w *worker) closeSDK() {
 	}
 }
 
+// closeAll closes every connection and stops the receive engine.
 func (w *worker) closeAll() {
 	w.mu.Lock()
-	conns := w.conns
-	w.conns = nil
+	rx := w.rx
+	w.conns, w.rx = nil, nil
 	w.mu.Unlock()
-	for _, wc := range conns {
-		wc.closing.Store(true)
-		_ = wc.c.Close()
+	if rx != nil {
+		rx.stop()
 	}
-	w.readers.Wait()
 }
 
 // churn closes the oldest held connection and opens a new one with the same rooms, at
@@ -326,8 +305,7 @@ func (w *worker) churn(ctx context.Context, cs churnSpec) *churnResult {
 			defer func() { <-sem }()
 			spec := connSpec{ID: cs.NextID + int(i), User: fmt.Sprintf("churn-%d", cs.NextID+int(i))}
 			if old != nil {
-				old.closing.Store(true)
-				_ = old.c.Close()
+				old.rx.close(old.c)
 				spec.Rooms = old.spec.Rooms
 			}
 			err := w.open(ctx, spec)
