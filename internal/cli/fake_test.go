@@ -232,18 +232,28 @@ func (f *fake) StreamEvents(r *pb.StreamEventsRequest, stream grpc.ServerStreami
 // port, with creds when non-nil, and returns it with its address.
 func startFake(t *testing.T, creds credentials.TransportCredentials) (*fake, string) {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var opts []grpc.ServerOption
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}
-	srv := grpc.NewServer(opts...)
 	f := &fake{health: health.NewServer()}
-	pb.RegisterControlServiceServer(srv, f)
-	grpc_health_v1.RegisterHealthServer(srv, f.health)
+	addr := serveControl(t, f, func(srv *grpc.Server) { grpc_health_v1.RegisterHealthServer(srv, f.health) }, opts...)
+	return f, addr
+}
+
+// serveControl serves impl (and whatever more registers) on a loopback port until
+// the test ends, and returns its address.
+func serveControl(t *testing.T, impl pb.ControlServiceServer, more func(*grpc.Server), opts ...grpc.ServerOption) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(opts...)
+	pb.RegisterControlServiceServer(srv, impl)
+	if more != nil {
+		more(srv)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -253,7 +263,7 @@ func startFake(t *testing.T, creds credentials.TransportCredentials) (*fake, str
 		srv.Stop()
 		<-done
 	})
-	return f, lis.Addr().String()
+	return lis.Addr().String()
 }
 
 // result is what one CLI run produced.

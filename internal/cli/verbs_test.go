@@ -2,11 +2,8 @@ package cli
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
-
-	"google.golang.org/grpc"
 
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
 )
@@ -28,31 +25,17 @@ func (stuckPager) ListNodes(context.Context, *pb.ListNodesRequest) (*pb.ListNode
 // A verb that follows pages stops with a server error, instead of looping for
 // ever, when the server hands back the page token it was given.
 func TestRepeatedPageTokenIsAServerError(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	pb.RegisterControlServiceServer(srv, stuckPager{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		srv.Stop()
-		<-done
-	})
+	addr := serveControl(t, stuckPager{}, nil)
 	for _, verb := range [][]string{{"rooms", "--all"}, {"nodes"}} {
 		t.Run(verb[0], func(t *testing.T) {
-			res := runCLI(context.Background(), t, "", append([]string{"--addr", lis.Addr().String()}, verb...)...)
+			res := runCLI(context.Background(), t, "", append([]string{"--addr", addr}, verb...)...)
 			if res.code != ExitServerError || !strings.Contains(res.stderr, "server repeated the same page token") {
 				t.Errorf("code %d, stderr %q: want %d and a repeated page token error", res.code, res.stderr, ExitServerError)
 			}
 		})
 	}
 	// Without --all one page is asked for, and the next token is only a hint.
-	res := runCLI(context.Background(), t, "", "--addr", lis.Addr().String(), "rooms", "--page-token", "same")
+	res := runCLI(context.Background(), t, "", "--addr", addr, "rooms", "--page-token", "same")
 	if res.code != 0 || !strings.Contains(res.stdout, "chat:a") || !strings.Contains(res.stderr, "--page-token same") {
 		t.Errorf("code %d, stdout %q, stderr %q: want one page and a hint", res.code, res.stdout, res.stderr)
 	}
