@@ -5,7 +5,7 @@
 # its table; the load average at start is in each JSON.
 #
 # Environment: OUT (default bench/results), PARTS (default: idle fanout rooms cluster
-# recover churn), SIO (default: socketio when node and redis-server exist, else empty).
+# hop recover churn; sio2 on request), SIO (default: socketio when node and redis-server exist, else empty).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +31,7 @@ run() { # run PART ARGS...
     --json "$out/$part-$stamp.json" --svg "$out/$part-$stamp.svg" --server-log "$out/$part-$stamp.log" "$@"
 }
 
-for part in ${PARTS:-idle fanout rooms cluster recover churn}; do
+for part in ${PARTS:-idle fanout rooms cluster hop recover churn}; do
   case $part in
   idle) # ≤ 4 KB per idle authenticated connection at 19,000
     run idle --targets "$(with roomcast)" --scenarios idle --idle-conns 19000 --idle-settle 5s ;;
@@ -46,6 +46,9 @@ for part in ${PARTS:-idle fanout rooms cluster recover churn}; do
     run cluster --targets roomcast,cluster --scenarios fanout,rooms --fanout-members 1000 \
       --fanout-rates 100,300 --rooms-conns 5000 --rooms-count 5000 --rooms-rates 2000,5000 \
       --rooms-streams 8 --step 8s --tail 5s --p99-limit 1h ;;
+  hop) # the mesh hop itself: one node vs 3 nodes at loads that leave the two cores idle
+    run hop --targets roomcast,cluster --scenarios fanout --fanout-members 100 \
+      --fanout-rates 10,100,1000 --step 8s --tail 5s --p99-limit 1h ;;
   recover) # kill -9 one node of three under Go SDK clients
     run recover --targets cluster --scenarios recover --recover-clients 1500 --recover-rooms 300 \
       --recover-joins 3 --recover-rate 1000 --recover-duration 12s --recover-kill-after 3s --recover-timeout 30s ;;
