@@ -96,3 +96,15 @@ func TestScheduleDue(t *testing.T) {
 		}
 	}
 }
+
+func TestRealClockSleepsUntilTheTime(t *testing.T) {
+	due := time.Now().Add(3 * time.Millisecond)
+	realClock{}.SleepUntil(context.Background(), due)
+	if now := time.Now(); now.Before(due) {
+		t.Fatalf("woke %v early", due.Sub(now))
+	}
+	// A cancelled context ends the sleep (the test's timeout bounds a failure).
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	realClock{}.SleepUntil(ctx, time.Now().Add(time.Hour))
+}
