@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Full benchmark runs (about 15-25 minutes on the 2-core machine): the issue-6 targets,
+# Full benchmark runs (about 15 minutes on the 2-core machine): the issue-6 targets,
 # one node versus a 3-node cluster in the same run, node kill and recovery, side by side
 # with Socket.IO + Redis. Every part writes OUT/<part>-<stamp>.json and .svg and prints
 # its table; the load average at start is in each JSON.
