@@ -22,10 +22,18 @@ import (
 // of callbacks is as deep, a few hundred bytes of stack per level.
 const batchMax = 256
 
+// batchSender makes many non-blocking sends in one system call (uring; tests use
+// a fake): res[i] gets send i's count or negative errno.
+type batchSender interface {
+	send(fds []int32, bufs [][]byte, res []int32) error
+	capacity() int
+	close()
+}
+
 // flushBatch is one flush worker's batching state, reused from batch to batch.
 type flushBatch struct {
 	s     *Server
-	ring  *uring
+	ring  batchSender // nil once closed: the worker writes connection by connection
 	items []batchItem
 	fds   []int32
 	bufs  [][]byte
@@ -56,8 +64,13 @@ func (s *Server) newFlushBatch() *flushBatch {
 		})
 		return nil
 	}
-	s.batching.Store(true)
-	n := int(r.entries)
+	return s.newBatchWith(r)
+}
+
+// newBatchWith returns batch state submitting through r.
+func (s *Server) newBatchWith(r batchSender) *flushBatch {
+	s.rings.Add(1)
+	n := r.capacity()
 	b := &flushBatch{
 		s:     s,
 		ring:  r,
@@ -72,6 +85,7 @@ func (s *Server) newFlushBatch() *flushBatch {
 
 func (b *flushBatch) close() {
 	if b.ring != nil {
+		b.s.rings.Add(-1)
 		b.ring.close()
 		b.ring = nil
 	}
@@ -80,16 +94,16 @@ func (b *flushBatch) close() {
 // run flushes first and every connection queued behind it, up to the ring's size.
 func (b *flushBatch) run(first *Conn) {
 	b.add(first)
-	for taken := 1; taken < int(b.ring.entries); taken++ {
+	for taken, most := 1, b.ring.capacity(); taken < most; taken++ {
 		select {
 		case c, ok := <-b.s.flushq:
 			if !ok {
-				taken = int(b.ring.entries)
+				taken = most
 				continue
 			}
 			b.add(c)
 		default:
-			taken = int(b.ring.entries)
+			taken = most
 		}
 	}
 	b.flush()
@@ -133,6 +147,7 @@ func (b *flushBatch) submit() {
 	b.err = nil
 	b.next()
 	k := 0
+	refused := false
 	for j := range b.items {
 		it := &b.items[j]
 		var rest []byte
@@ -145,6 +160,11 @@ func (b *flushBatch) submit() {
 			// reconnect and recover).
 			it.r.out = nil
 			err = b.err
+		case opRefused(b.res[k]):
+			// The ring refused the operation itself, so nothing was sent: write
+			// as without batching, and stop batching.
+			refused = true
+			rest, err = it.c.writeFast(it.r.buf)
 		default:
 			rest, err = sendResult(it.r.buf, b.res[k])
 		}
@@ -153,8 +173,12 @@ func (b *flushBatch) submit() {
 		}
 		it.c.afterWrite(it.r, rest, err)
 	}
-	if b.err != nil {
+	switch {
+	case b.err != nil:
 		b.s.log.Error("wsio: io_uring submission failed; writing with one system call per socket from now on", "err", b.err)
+		b.close()
+	case refused:
+		b.s.log.Error("wsio: io_uring refused socket sends; writing with one system call per socket from now on")
 		b.close()
 	}
 	clear(b.bufs)
@@ -191,6 +215,13 @@ func (b *flushBatch) holdFD(fd uintptr) bool {
 	it.fd = int32(fd)
 	b.next()
 	return true
+}
+
+// opRefused reports a result that says the ring did not run the operation at all
+// (an unsupported opcode or flag), rather than a send that failed.
+func opRefused(res int32) bool {
+	errno := syscall.Errno(-res)
+	return res < 0 && (errno == syscall.EINVAL || errno == syscall.EOPNOTSUPP || errno == syscall.ENOSYS)
 }
 
 // sendResult turns a send's result into what writeFast would have returned.

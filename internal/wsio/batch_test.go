@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -187,5 +188,58 @@ func TestBatchedFanout(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// refusingSender is a ring that refuses every operation, as a kernel whose io_uring
+// lacks an opcode or flag would.
+type refusingSender struct{ calls int }
+
+func (r *refusingSender) send(fds []int32, _ [][]byte, res []int32) error {
+	r.calls++
+	for i := range fds {
+		res[i] = -int32(syscall.EINVAL)
+	}
+	return nil
+}
+func (*refusingSender) capacity() int { return batchMax }
+func (*refusingSender) close()        {}
+
+// When the ring refuses the sends themselves (nothing was sent), the rounds are
+// written without it, nobody is disconnected, and the worker stops batching.
+func TestBatchRefusedFallsBack(t *testing.T) {
+	rec := newCloseRecorder()
+	ts := newTestServer(t, Config{Mode: ModeEpoll}, func() Handler { return rec })
+	const n = 5
+	var wss []*websocket.Conn
+	var cs []*Conn
+	for range n {
+		ws, c := ts.dial(t)
+		wss, cs = append(wss, ws), append(cs, c)
+	}
+	ring := &refusingSender{}
+	rings := ts.s.rings.Load()
+	b := ts.s.newBatchWith(ring)
+	m, err := NewMessage(false, []byte("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		queueDirect(t, c, m)
+		b.add(c)
+	}
+	b.flush()
+	if ring.calls != 1 || b.ring != nil || ts.s.rings.Load() != rings {
+		t.Fatalf("calls %d, ring %v, rings %d (was %d): want one refused call and batching off", ring.calls, b.ring, ts.s.rings.Load(), rings)
+	}
+	for i, ws := range wss {
+		if got := readText(t, ws); got != "hello" {
+			t.Fatalf("conn %d got %q", i, got)
+		}
+	}
+	select {
+	case err := <-rec.closed:
+		t.Fatalf("a connection closed: %v", err)
+	default:
 	}
 }

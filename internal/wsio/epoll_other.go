@@ -31,3 +31,4 @@ var errUringUnavailable = errors.New("io_uring is only available on linux")
 func newUring(uint32) (*uring, error)                { return nil, errUringUnavailable }
 func (*uring) send([]int32, [][]byte, []int32) error { return errUringUnavailable }
 func (*uring) close()                                {}
+func (r *uring) capacity() int                       { return int(r.entries) }

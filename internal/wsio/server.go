@@ -41,8 +41,8 @@ type Server struct {
 	flushq chan *Conn
 	fwg    sync.WaitGroup
 
-	batching  atomic.Bool // a flush worker submits writes through io_uring
-	uringOnce sync.Once   // logs once why io_uring is not used
+	rings     atomic.Int32 // flush workers that submit writes through io_uring
+	uringOnce sync.Once    // logs once why io_uring is not used
 }
 
 // flushQueueLen bounds the flush workers' queue: a fan-out to a room this large
@@ -82,7 +82,7 @@ func NewServer(cfg Config) (*Server, error) {
 
 // Batching reports whether socket writes are submitted in io_uring batches
 // (Config.WriteBatching is BatchAuto and the kernel allows it).
-func (s *Server) Batching() bool { return s.batching.Load() }
+func (s *Server) Batching() bool { return s.rings.Load() > 0 }
 
 // Mode reports the read mode in effect (ModeAuto resolved).
 func (s *Server) Mode() Mode { return s.cfg.Mode }

@@ -181,6 +181,9 @@ func (r *uring) probeSend() error {
 	return nil
 }
 
+// capacity is the most sends one call takes.
+func (r *uring) capacity() int { return int(r.entries) }
+
 func (r *uring) close() {
 	if r.sqeMem != nil {
 		_ = unix.Munmap(r.sqeMem)
