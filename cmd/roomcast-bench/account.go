@@ -31,6 +31,9 @@ type tallyShard struct {
 	dups      int64 // a sequence at or below the last one seen in that room
 	gaps      int64 // sequence numbers skipped (lost, as far as this connection knows)
 	late      int64 // messages of another step (arrived after their step was closed)
+	// lateBy counts late messages by the step they belong to, over the whole run
+	// (begin does not reset it), so a step's "lost" can be told from "late".
+	lateBy map[int64]int64
 }
 
 func newTally() *tally {
@@ -60,6 +63,10 @@ func (t *tally) observe(shard int, seen roomSeq, s stamp, nowMicro int64) {
 	seen[s.room] = s.seq
 	if s.step != t.step.Load() {
 		sh.late++
+		if sh.lateBy == nil {
+			sh.lateBy = map[int64]int64{}
+		}
+		sh.lateBy[s.step]++
 		return
 	}
 	sh.gaps += s.seq - last - 1
@@ -73,6 +80,9 @@ type stepTotals struct {
 	Dups      int64 `json:"dups"`
 	Gaps      int64 `json:"gaps"`
 	Late      int64 `json:"late"`
+	// LateBy counts, over the whole run, messages that arrived after their step's
+	// accounting had closed, by step.
+	LateBy map[int64]int64 `json:"late_by,omitempty"`
 }
 
 func (a *stepTotals) add(b stepTotals) {
@@ -80,6 +90,12 @@ func (a *stepTotals) add(b stepTotals) {
 	a.Dups += b.Dups
 	a.Gaps += b.Gaps
 	a.Late += b.Late
+	for step, n := range b.LateBy {
+		if a.LateBy == nil {
+			a.LateBy = map[int64]int64{}
+		}
+		a.LateBy[step] += n
+	}
 }
 
 // snapshot returns the counts and, when withHist, the merged latency histogram.
@@ -92,7 +108,7 @@ func (t *tally) snapshot(withHist bool) (stepTotals, *hdrhistogram.Histogram) {
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
-		tot.add(stepTotals{sh.delivered, sh.dups, sh.gaps, sh.late})
+		tot.add(stepTotals{Delivered: sh.delivered, Dups: sh.dups, Gaps: sh.gaps, Late: sh.late, LateBy: sh.lateBy})
 		if h != nil {
 			h.Merge(sh.hist)
 		}

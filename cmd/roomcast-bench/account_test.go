@@ -1,6 +1,7 @@
 package main
 
 import (
+	"reflect"
 	"testing"
 )
 
@@ -24,7 +25,7 @@ func TestTallyCountsGapsAndDuplicates(t *testing.T) {
 		{name: "rooms are independent", msgs: []msg{{1, 1, 1}, {2, 1, 1}, {1, 2, 1}, {2, 2, 1}},
 			want: stepTotals{Delivered: 4}, published: 4},
 		{name: "other step is late, not delivered, and not a gap later",
-			msgs: []msg{{1, 1, 0}, {1, 2, 0}, {1, 3, 1}}, want: stepTotals{Delivered: 1, Late: 2}, published: 1},
+			msgs: []msg{{1, 1, 0}, {1, 2, 0}, {1, 3, 1}}, want: stepTotals{Delivered: 1, Late: 2, LateBy: map[int64]int64{0: 2}}, published: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -35,7 +36,7 @@ func TestTallyCountsGapsAndDuplicates(t *testing.T) {
 				tl.observe(7, seen, stamp{t: 1000, seq: m.seq, room: m.room, step: m.step}, 3000)
 			}
 			got, h := tl.snapshot(true)
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("totals = %+v, want %+v", got, tt.want)
 			}
 			if h.TotalCount() != tt.want.Delivered {
@@ -59,7 +60,7 @@ func TestTallyBeginResets(t *testing.T) {
 	tl.begin(2)
 	tl.observe(0, seen, stamp{t: 1, seq: 2, room: 1, step: 2}, 10)
 	got, h := tl.snapshot(true)
-	if got != (stepTotals{Delivered: 1}) || h.TotalCount() != 1 {
+	if !reflect.DeepEqual(got, stepTotals{Delivered: 1}) || h.TotalCount() != 1 {
 		t.Fatalf("after begin(2): %+v, %d recorded; want only step 2's delivery", got, h.TotalCount())
 	}
 }
@@ -141,5 +142,29 @@ func TestMemberships(t *testing.T) {
 	}
 	if _, err := memberships(3, 1, 5, "uniform", 1); err == nil {
 		t.Fatal("rooms larger than the connections were accepted")
+	}
+}
+
+// A message of an earlier step that arrives after begin moved on counts as late for
+// its own step, across later begins, so the runner can tell late from lost.
+func TestTallyLateByStep(t *testing.T) {
+	tl := newTally()
+	tl.begin(1)
+	seen := roomSeq{}
+	tl.observe(0, seen, stamp{t: 1, seq: 1, room: 1, step: 1}, 10)
+	tl.begin(2)
+	tl.observe(0, seen, stamp{t: 1, seq: 2, room: 1, step: 1}, 10) // step 1's tail, late
+	tl.begin(3)
+	tl.observe(3, roomSeq{}, stamp{t: 1, seq: 1, room: 2, step: 1}, 10) // later still, another shard
+	tl.observe(0, seen, stamp{t: 1, seq: 3, room: 1, step: 2}, 10)
+	got, _ := tl.snapshot(false)
+	if want := map[int64]int64{1: 2, 2: 1}; !reflect.DeepEqual(got.LateBy, want) {
+		t.Fatalf("late by step = %v, want %v", got.LateBy, want)
+	}
+	var sum stepTotals
+	sum.add(got)
+	sum.add(got)
+	if sum.LateBy[1] != 4 || sum.LateBy[2] != 2 {
+		t.Fatalf("merged across workers: %v", sum.LateBy)
 	}
 }

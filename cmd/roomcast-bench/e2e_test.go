@@ -75,6 +75,11 @@ func TestEndToEnd(t *testing.T) {
 			if s.P50ms <= 0 || s.MaxMs < s.P99ms || len(s.Percentiles) == 0 {
 				t.Fatalf("step %s: latency not recorded: %+v", s.Step, s)
 			}
+			// A message's latency includes its publisher's lag, so the lag's p99 is
+			// at most the largest latency.
+			if s.SendLagP99ms <= 0 || s.SendLagP99ms > s.MaxMs || s.LateAfterTail != 0 {
+				t.Fatalf("step %s: publisher lag p99 %v ms (max latency %v ms), late after tail %d", s.Step, s.SendLagP99ms, s.MaxMs, s.LateAfterTail)
+			}
 		}
 	}
 	t.Run("fanout", func(t *testing.T) {

@@ -29,6 +29,11 @@ type stepResult struct {
 	Duplicates    int64   `json:"duplicates"`
 	Gaps          int64   `json:"gaps_seen,omitempty"`
 	Dropped       int64   `json:"conns_dropped,omitempty"` // connections the server closed meanwhile
+	// LateAfterTail counts deliveries of this step that arrived after its accounting
+	// closed (the tail wait): included in Lost, but late rather than lost. Counted
+	// until the scenario's connections close.
+	LateAfterTail int64 `json:"late_after_tail,omitempty"`
+	stepID        int64 // the step number the payloads carry
 
 	// Latency: publish→deliver from the intended send time (fan-out, many rooms), call
 	// latency (publish throughput), or connect latency (churn), in milliseconds.

@@ -122,6 +122,28 @@ func (r *runner) closeAll(ctx context.Context) error {
 	return err
 }
 
+// settleLate counts, for each publishing step of res, the deliveries that came after
+// its accounting closed (they are in Lost, but were late rather than lost), and says
+// so in the step's note. Call it before the scenario's connections close.
+func (r *runner) settleLate(ctx context.Context, res []stepResult) error {
+	_, _, _, tot, _, err := r.stats(ctx, false)
+	if err != nil {
+		return err
+	}
+	for i := range res {
+		if n := tot.LateBy[res[i].stepID]; res[i].stepID != 0 && n > 0 {
+			res[i].LateAfterTail = n
+			late := fmt.Sprintf("%d of the lost arrived after the tail (late, not lost)", n)
+			if res[i].Note == "" {
+				res[i].Note = late
+			} else {
+				res[i].Note = joinNote(res[i].Note, late)
+			}
+		}
+	}
+	return nil
+}
+
 // stats polls every worker; withHist merges their histograms.
 func (r *runner) stats(ctx context.Context, withHist bool) (held int, alive, dropped int64, tot stepTotals, h *hdrhistogram.Histogram, err error) {
 	reps, err := r.pool.broadcast(ctx, workerRequest{Op: opStats, WithHist: withHist})
@@ -282,6 +304,9 @@ func (r *runner) fanout(ctx context.Context) ([]stepResult, error) {
 			break
 		}
 	}
+	if err := r.settleLate(ctx, out); err != nil {
+		return out, err
+	}
 	return out, r.closeAll(ctx)
 }
 
@@ -368,6 +393,9 @@ func (r *runner) manyRooms(ctx context.Context) ([]stepResult, error) {
 			fmt.Fprintln(r.progress, tableRow(res))
 		}
 	}
+	if err := r.settleLate(ctx, out); err != nil {
+		return out, err
+	}
 	return out, r.closeAll(ctx)
 }
 
@@ -437,6 +465,7 @@ func (r *runner) publishStep(ctx context.Context, scenario string, rate float64,
 	wg.Wait()
 	sendEnd := time.Now()
 	res := r.result(scenario, "")
+	res.stepID = step
 	res.TargetRate = rate
 	lag := newHist()
 	for _, h := range lags {
