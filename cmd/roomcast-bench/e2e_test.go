@@ -19,11 +19,7 @@ func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts worker processes and a node")
 	}
-	n := testnode.Start(t, testnode.Options{Configure: func(c *app.Config) {
-		c.MaxConnsPerUser = 0
-		c.ConnectRate = 100000
-		c.PingInterval = 10 * time.Minute
-	}})
+	n := startBenchNode(t, 10*time.Minute, 0)
 	p, err := startPool(2)
 	if err != nil {
 		t.Fatal(err)
@@ -194,4 +190,18 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// startBenchNode starts an in-process node with the load-test limits roomcast-bench
+// --local gives its nodes, pinging every ping (pong timeout pong; 0: the default).
+func startBenchNode(t *testing.T, ping, pong time.Duration) *testnode.Node {
+	t.Helper()
+	return testnode.Start(t, testnode.Options{Configure: func(c *app.Config) {
+		c.MaxConnsPerUser = 0
+		c.ConnectRate = 100000
+		c.PingInterval = ping
+		if pong > 0 {
+			c.PongTimeout = pong
+		}
+	}})
 }

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	pb "github.com/roomcast/roomcast/gen/roomcast/v1"
-	"github.com/roomcast/roomcast/internal/app"
 	"github.com/roomcast/roomcast/internal/testnode"
 	"go.uber.org/goleak"
 )
@@ -341,12 +340,7 @@ func TestRxRoomcastNode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a node")
 	}
-	n := testnode.Start(t, testnode.Options{Configure: func(c *app.Config) {
-		c.MaxConnsPerUser = 0
-		c.ConnectRate = 100000
-		c.PingInterval = 100 * time.Millisecond
-		c.PongTimeout = 200 * time.Millisecond
-	}})
+	n := startBenchNode(t, 100*time.Millisecond, 200*time.Millisecond)
 	w := newTestWorker(dialSpec{Target: targetRoomcast, URL: n.WSURL, Secret: testnode.Secret, Sources: 2, RxBatchWait: 200 * time.Microsecond})
 	t.Cleanup(w.closeAll)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

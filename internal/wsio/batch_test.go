@@ -22,6 +22,17 @@ func batchServer(t *testing.T, cfg Config, mk func() Handler) *testServer {
 	return ts
 }
 
+// dialN dials n clients and returns them with their server-side Conns, in order.
+func (ts *testServer) dialN(t *testing.T, n int) ([]*websocket.Conn, []*Conn) {
+	t.Helper()
+	wss, cs := make([]*websocket.Conn, 0, n), make([]*Conn, 0, n)
+	for range n {
+		ws, c := ts.dial(t)
+		wss, cs = append(wss, ws), append(cs, c)
+	}
+	return wss, cs
+}
+
 // closeRecorder records OnClose errors of many connections.
 type closeRecorder struct{ closed chan error }
 
@@ -66,12 +77,7 @@ func TestBatchSubmission(t *testing.T) {
 		rec := newCloseRecorder()
 		ts := batchServer(t, Config{Mode: mode, MaxQueueBytes: 16 << 20}, func() Handler { return rec })
 		const n = 40
-		var wss []*websocket.Conn
-		var cs []*Conn
-		for range n {
-			ws, c := ts.dial(t)
-			wss, cs = append(wss, ws), append(cs, c)
-		}
+		wss, cs := ts.dialN(t, n)
 		b := ts.s.newFlushBatch()
 		defer b.close()
 		before := counterValue(t, ts.s.met.writeBatches)
@@ -138,12 +144,7 @@ func TestBatchedFanout(t *testing.T) {
 					t.Fatal("batching on with BatchOff")
 				}
 				const n, msgs, closers = 120, 50, 10
-				var wss []*websocket.Conn
-				var cs []*Conn
-				for range n {
-					ws, c := ts.dial(t)
-					wss, cs = append(wss, ws), append(cs, c)
-				}
+				wss, cs := ts.dialN(t, n)
 				var readers sync.WaitGroup
 				errs := make(chan error, n)
 				for i, ws := range wss[closers:] {
@@ -211,12 +212,7 @@ func TestBatchRefusedFallsBack(t *testing.T) {
 	rec := newCloseRecorder()
 	ts := newTestServer(t, Config{Mode: ModeEpoll}, func() Handler { return rec })
 	const n = 5
-	var wss []*websocket.Conn
-	var cs []*Conn
-	for range n {
-		ws, c := ts.dial(t)
-		wss, cs = append(wss, ws), append(cs, c)
-	}
+	wss, cs := ts.dialN(t, n)
 	ring := &refusingSender{}
 	rings := ts.s.rings.Load()
 	b := ts.s.newBatchWith(ring)
