@@ -65,7 +65,7 @@
 //
 // Flushes are run by a pool of GOMAXPROCS flush workers. With WriteBatching BatchAuto
 // (the default) and a kernel that allows io_uring, a worker takes every connection
-// waiting in its queue (up to 256: a fan-out's) and submits all their non-blocking
+// waiting in its queue (up to 64 at a time: a fan-out's) and submits all their non-blocking
 // sends with one io_uring_enter instead of one write(2) each (batch.go; measured:
 // half the CPU per send on our VMs, where a system call costs as much as a small
 // loopback send). Nothing waits to fill a batch. The descriptors stay held during
