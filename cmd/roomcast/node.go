@@ -41,6 +41,7 @@ var flagHelp = map[string]string{
 	"control_max_recv_bytes": "largest control API request accepted",
 	"transport":              "connection reader: auto (epoll on Linux), epoll, goroutine",
 	"workers":                "epoll read workers (0: 2 x GOMAXPROCS)",
+	"flush_workers":          "goroutines that write to sockets for every connection (0: GOMAXPROCS; on a 2-core host shared with other work, 1 coalesced more and halved the p99 of a 1M deliveries/s fan-out, but slowed many small rooms — bench/README.md)",
 	"write_batching":         "socket writes waiting together (a fan-out's) go to the kernel in one io_uring submission: auto (where the kernel allows it), off (one write per socket)",
 	"auth_timeout":           "time a new connection has to send connect",
 	"ping_interval":          "app-level and WebSocket ping interval",

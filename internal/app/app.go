@@ -205,6 +205,7 @@ func (a *App) build() error {
 			MaxQueueBytes:    cfg.MaxQueueBytes,
 			MaxQueueMessages: cfg.MaxQueueMessages,
 			Workers:          cfg.Workers,
+			FlushWorkers:     cfg.FlushWorkers,
 			Logger:           a.log,
 			Registerer:       a.reg,
 		},

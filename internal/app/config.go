@@ -57,6 +57,7 @@ type Config struct {
 	Transport        string        `yaml:"transport"`
 	WriteBatching    string        `yaml:"write_batching"`
 	Workers          int           `yaml:"workers"`
+	FlushWorkers     int           `yaml:"flush_workers"`
 	AuthTimeout      time.Duration `yaml:"auth_timeout"`
 	PingInterval     time.Duration `yaml:"ping_interval"`
 	PongTimeout      time.Duration `yaml:"pong_timeout"`
