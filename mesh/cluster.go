@@ -513,6 +513,19 @@ func (c *cluster) wakeMapWaiters() {
 	c.mu.Unlock()
 }
 
+// sleepCtx waits d, or less when ctx ends first; it reports whether the whole wait
+// passed (the retry loops' pause between attempts).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // waitMap waits until the map is newer than rev or a rebuild finished, bounded by ctx
 // and by d.
 func (c *cluster) waitMap(ctx context.Context, rev int64, d time.Duration) {

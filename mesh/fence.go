@@ -85,12 +85,8 @@ func (c *cluster) refence(old *coord) {
 			err = serr
 		}
 		m.log.Warn("re-registering failed; retrying", "err", err, "in", backoff)
-		t := time.NewTimer(backoff)
-		select {
-		case <-c.ctx.Done():
-			t.Stop()
+		if !sleepCtx(c.ctx, backoff) {
 			return
-		case <-t.C:
 		}
 		backoff = min(backoff*2, 2*time.Second)
 	}

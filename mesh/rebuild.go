@@ -175,12 +175,8 @@ func (c *cluster) requestRetrying(ctx context.Context, id string, env *meshv1.En
 		if err == nil || ctx.Err() != nil {
 			return resp, err
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, backoff) {
 			return nil, err
-		case <-t.C:
 		}
 		backoff = min(backoff*2, 200*time.Millisecond)
 	}
@@ -198,12 +194,8 @@ func (c *cluster) retryPull(id string, announce bool) {
 			c.m.log.Info("members of a node added", "node", id, "announced", announce)
 			return
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-c.ctx.Done():
-			t.Stop()
+		if !sleepCtx(c.ctx, backoff) {
 			return
-		case <-t.C:
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}

@@ -383,6 +383,12 @@ type recov struct {
 	missing                         []string
 }
 
+// String says how long publishing and delivery stalled.
+func (r recov) String() string {
+	return fmt.Sprintf("longest publish stall %v (%s), publishing steady again %v after the fault; longest delivery stall %v (%s)",
+		r.pubStall.Round(time.Millisecond), r.slowRoom, r.pubBack.Round(time.Millisecond), r.deliverStall.Round(time.Millisecond), r.slowSub)
+}
+
 func (c *checker) recovery(f, until time.Time) recov {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -67,6 +67,18 @@ func (p *proc) signal(sig syscall.Signal) {
 	}
 }
 
+// terminate sends SIGTERM (a drain) and reports whether the process exited within
+// bound.
+func (p *proc) terminate(bound time.Duration) bool {
+	p.signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+		return true
+	case <-time.After(bound):
+		return false
+	}
+}
+
 // kill sends SIGKILL and waits until the process is reaped. It is idempotent.
 func (p *proc) kill() {
 	p.signal(syscall.SIGKILL)

@@ -394,8 +394,7 @@ func (l *load) measure(what string, f time.Time, bound time.Duration) recov {
 		return len(r.missing) == 0, strings.Join(r.missing, ", ")
 	})
 	r := l.chk.recovery(f, time.Now())
-	l.t.Logf("%s: longest publish stall %v (%s), publishing steady again %v after the fault; longest delivery stall %v (%s)",
-		what, r.pubStall.Round(time.Millisecond), r.slowRoom, r.pubBack.Round(time.Millisecond), r.deliverStall.Round(time.Millisecond), r.slowSub)
+	l.t.Logf("%s: %v", what, r)
 	return r
 }
 

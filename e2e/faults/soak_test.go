@@ -3,7 +3,6 @@ package faults
 import (
 	"fmt"
 	"math/rand/v2"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -76,10 +75,7 @@ func TestSoak(t *testing.T) {
 		{"SIGTERM restart", func() string {
 			nd := c.live()[rng.IntN(len(c.live()))]
 			old := nd.name()
-			nd.proc.signal(syscall.SIGTERM)
-			select {
-			case <-nd.proc.exited:
-			case <-time.After(30 * time.Second):
+			if !nd.proc.terminate(30 * time.Second) {
 				t.Errorf("%s did not exit within 30s of SIGTERM", old)
 				nd.proc.kill()
 			}
