@@ -243,7 +243,6 @@ func TestPublishStreamOrderAndErrors(t *testing.T) {
 	const n = 600 // more than the internal queues, so backpressure is exercised
 	type want struct {
 		code pb.ErrorCode
-		room string
 	}
 	wants := make([]want, n)
 	go func() {

@@ -1,11 +1,8 @@
 package faults
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -311,36 +308,6 @@ func (c *cluster) waitOneCluster(bound time.Duration, n int) time.Duration {
 		return c.oneCluster()
 	})
 	return time.Since(start)
-}
-
-// metric reads one sample of a Prometheus metric from a node's admin port (the sum
-// over its label sets), or -1 when it cannot.
-func (c *cluster) metric(nd *node, name string) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+nd.ip+":9100/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	sum, found := 0.0, false
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != ' ' && line[len(name)] != '{') {
-			continue
-		}
-		var v float64
-		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
-			sum, found = sum+v, true
-		}
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	if !found {
-		return -1
-	}
-	return sum
 }
 
 // owner returns the slot of the node owning room, by ListRooms through via.

@@ -256,7 +256,6 @@ type Membership struct {
 	done      sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
-	left      bool
 }
 
 // ID returns the gossip ID of a node name and incarnation: "<name>.<incarnation>".

@@ -178,15 +178,6 @@ type fleet struct {
 	nodes []*simNode
 }
 
-func (f *fleet) ids() []string {
-	var out []string
-	for _, n := range f.nodes {
-		out = append(out, n.id)
-	}
-	slices.Sort(out)
-	return out
-}
-
 func (f *fleet) without(victim *simNode) *fleet {
 	return &fleet{t: f.t, srv: f.srv, nodes: slices.DeleteFunc(slices.Clone(f.nodes), func(n *simNode) bool { return n == victim })}
 }
@@ -203,16 +194,6 @@ func (f *fleet) allSeen() bool {
 			if _, ok := n.joined(o.id); !ok {
 				return false
 			}
-		}
-	}
-	return true
-}
-
-// gossipConverged: every node's gossip lists exactly the fleet.
-func (f *fleet) gossipConverged() bool {
-	for _, n := range f.nodes {
-		if n.ml.NumMembers() != len(f.nodes) {
-			return false
 		}
 	}
 	return true
